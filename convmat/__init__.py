@@ -1,0 +1,31 @@
+"""convmat: exact sparse matrices of N-d deep-learning convolutions.
+
+``W = conv_matrix(weight, input_shape, ...)`` is the CSR matrix of a convolution with
+PyTorch's semantics (stride, padding, dilation, groups, padding modes), so that the
+convolution is ``W @ x`` and the transposed convolution ``W.T @ y``.
+"""
+
+from .geometry import (
+    ConvGeometry,
+    ConvMatrixTooLarge,
+    conv_geometry,
+    conv_transpose_geometry,
+    output_shape,
+)
+from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
+from .operator import ConvOperator
+
+__all__ = [
+    "ConvGeometry",
+    "ConvMatrixTooLarge",
+    "ConvOperator",
+    "conv",
+    "conv_geometry",
+    "conv_matrix",
+    "conv_transpose",
+    "conv_transpose_geometry",
+    "conv_transpose_matrix",
+    "output_shape",
+]
+
+__version__ = "0.1.0"

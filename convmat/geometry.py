@@ -1,0 +1,870 @@
+"""Geometry of an N-d convolution: validate every argument once, resolve it, size it.
+
+Everything here works on plain Python ints (and, for the per-axis tap tables, small
+NumPy arrays of length ``output_size * kernel_size``); nothing proportional to the
+number of nonzeros is ever allocated. A :class:`ConvGeometry` is the *plan* of a
+convolution matrix: frozen, hashable, and it knows the exact ``nnz``, the index dtype
+and the bytes of the finished CSR before anything is built.
+
+The per-axis formulas are tiny pure functions whose docstring is the formula.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INDEX_LIMIT",
+    "PADDING_MODES",
+    "SUPPORTED_DTYPES",
+    "AxisPlan",
+    "AxisRun",
+    "ConvGeometry",
+    "ConvMatrixTooLarge",
+    "available_memory",
+    "conv_geometry",
+    "conv_output_size",
+    "conv_transpose_geometry",
+    "conv_transpose_output_size",
+    "dilated_kernel_size",
+    "output_shape",
+]
+
+#: Supported dtypes of ``W`` (and so of the weight): the ones SciPy and CuPy sparse both support.
+SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
+#: PyTorch's ``padding_mode`` values.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+#: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
+#: A module constant so that tests can lower it and exercise the int64 path cheaply.
+INDEX_LIMIT = 2**31
+
+# Bytes of workspace the builder may hold beside the finished CSR (per-box tables, tiled
+# kernels); see :mod:`convmat.indices`. Counted in ``peak_bytes``.
+_WORKSPACE_BYTES = 64 * 2**20
+
+
+class ConvMatrixTooLarge(MemoryError):
+    """The requested matrix would need more memory than allowed (``max_bytes``)."""
+
+
+# --------------------------------------------------------------------------- per-axis formulas
+
+
+def dilated_kernel_size(kernel_size: int, dilation: int) -> int:
+    """Span of a dilated kernel: ``dilation * (kernel_size - 1) + 1``."""
+    return dilation * (kernel_size - 1) + 1
+
+
+def conv_output_size(
+    input_size: int, kernel_size: int, stride: int, dilation: int, pad_lo: int, pad_hi: int
+) -> int:
+    """Convolution output size: ``(n + lo + hi - dilation*(k-1) - 1) // stride + 1``."""
+    return (input_size + pad_lo + pad_hi - dilated_kernel_size(kernel_size, dilation)) // stride + 1
+
+
+def conv_transpose_output_size(
+    input_size: int,
+    kernel_size: int,
+    stride: int,
+    dilation: int,
+    pad_lo: int,
+    pad_hi: int,
+    output_padding: int,
+) -> int:
+    """Transposed-convolution output: ``(n-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``."""
+    return (
+        (input_size - 1) * stride
+        - pad_lo
+        - pad_hi
+        + dilated_kernel_size(kernel_size, dilation)
+        + output_padding
+    )
+
+
+def _padded_index(u: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """Map positions ``u`` of the padded axis (in input coordinates) to input indices.
+
+    ``zeros`` marks positions outside ``[0, n)`` with -1; ``reflect`` mirrors without
+    repeating the edge (NumPy ``reflect``), ``replicate`` clamps (NumPy ``edge``) and
+    ``circular`` wraps (NumPy ``wrap``). Validation guarantees one reflection suffices.
+    """
+    if mode == "zeros":
+        return np.where((u >= 0) & (u < n), u, -1)
+    if mode == "reflect":
+        u = np.where(u < 0, -u, u)
+        return np.where(u > n - 1, 2 * (n - 1) - u, u)
+    if mode == "replicate":
+        return np.clip(u, 0, n - 1)
+    return np.mod(u, n)  # circular
+
+
+# --------------------------------------------------------------------------- per-axis plan
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisRun:
+    """Consecutive output positions ``[start, stop)`` of one axis that share a tap pattern.
+
+    For every ``p`` in the run, output ``p`` reads the ``m = len(offsets)`` distinct input
+    indices ``base[p] + offsets`` (ascending), and input index ``r`` receives the sum of
+    the kernel taps ``taps[r]`` (several taps when a padding mode folds them together).
+    """
+
+    start: int
+    stop: int
+    offsets: tuple[int, ...]
+    taps: tuple[tuple[int, ...], ...]
+
+    @property
+    def size(self) -> int:
+        """Number of output positions in the run."""
+        return self.stop - self.start
+
+    @property
+    def m(self) -> int:
+        """Distinct input indices read by each output position of the run."""
+        return len(self.offsets)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisPlan:
+    """Which input indices each output position of one axis reads, grouped into runs."""
+
+    base: np.ndarray  # (output_size,) int64: smallest input index read (0 when none)
+    counts: np.ndarray  # (output_size,) int64: distinct input indices read
+    runs: tuple[AxisRun, ...]
+
+    @property
+    def total(self) -> int:
+        """Entries along this axis summed over output positions (a factor of nnz)."""
+        return int(self.counts.sum())
+
+
+def _axis_plan(
+    n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str, out: int
+) -> AxisPlan:
+    """Tap table of one axis: position ``p`` reads ``map(stride*p + dilation*t - pad_lo)``."""
+    p = np.arange(out, dtype=np.int64)
+    u = stride * p[:, None] + dilation * np.arange(k, dtype=np.int64)[None, :] - pad_lo
+    q = _padded_index(u, n, mode)
+    valid = q >= 0
+    any_valid = valid.any(axis=1)
+    base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
+    base = np.where(any_valid, base, 0)
+    rel = np.where(valid, q - base[:, None], -1)
+    # Output positions whose relative tap pattern equals their predecessor's form a run.
+    starts = np.flatnonzero(np.concatenate(([True], (rel[1:] != rel[:-1]).any(axis=1))))
+    stops = np.append(starts[1:], out)
+    runs = []
+    counts = np.empty(out, dtype=np.int64)
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        row = rel[start]
+        offsets = sorted({int(v) for v in row if v >= 0})
+        taps = tuple(tuple(int(t) for t in np.flatnonzero(row == off)) for off in offsets)
+        runs.append(AxisRun(start, stop, tuple(offsets), taps))
+        counts[start:stop] = len(offsets)
+    return AxisPlan(base=base, counts=counts, runs=tuple(runs))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _per_axis(name: str, value: Any, ndim: int) -> tuple[int, ...]:
+    """An int, or a sequence of ``ndim`` ints, as a per-axis tuple."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != ndim:
+            raise ValueError(
+                f"{name}={tuple(value)!r} has {len(value)} entries but the convolution has "
+                f"{ndim} spatial axes"
+            )
+        return tuple(_as_int(f"{name}[{d}]", v) for d, v in enumerate(value))
+    return (_as_int(name, value),) * ndim
+
+
+def _positive(name: str, values: tuple[int, ...]) -> None:
+    for d, v in enumerate(values):
+        if v <= 0:
+            raise ValueError(f"{name} must be >= 1 on every axis; axis {d} has {name}={v}")
+
+
+def _resolve_padding(
+    padding: Any,
+    ndim: int,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    """Per-axis ``(lo, hi)`` padding from an int, a string, ints or pairs per axis."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * ndim
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(
+                    f"padding='same' needs stride 1 on every axis, got stride={stride}"
+                )
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+            # PyTorch puts the odd extra element at the end.
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(
+            f"padding={padding!r} is not a known padding; use 'valid', 'same', an int, "
+            "a per-axis tuple of ints, or per-axis (lo, hi) pairs"
+        )
+    if isinstance(padding, Sequence):
+        if len(padding) != ndim:
+            raise ValueError(
+                f"padding={tuple(padding)!r} has {len(padding)} entries but the convolution "
+                f"has {ndim} spatial axes"
+            )
+        pairs = []
+        for d, item in enumerate(padding):
+            if isinstance(item, Sequence) and not isinstance(item, str):
+                if len(item) != 2:
+                    raise ValueError(
+                        f"padding[{d}]={tuple(item)!r} must be an int or a (lo, hi) pair"
+                    )
+                pairs.append((_as_int(f"padding[{d}][0]", item[0]),
+                              _as_int(f"padding[{d}][1]", item[1])))
+            else:
+                p = _as_int(f"padding[{d}]", item)
+                pairs.append((p, p))
+        resolved = tuple(pairs)
+    else:
+        p = _as_int("padding", padding)
+        resolved = ((p, p),) * ndim
+    for d, (lo, hi) in enumerate(resolved):
+        if lo < 0 or hi < 0:
+            raise ValueError(f"padding must be >= 0; axis {d} has padding (lo, hi)=({lo}, {hi})")
+    return resolved
+
+
+def _check_dtype(dtype: Any) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise TypeError(
+            f"weight dtype {dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
+        ) from exc
+    if name not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"weight dtype {name} is not supported; use one of {', '.join(SUPPORTED_DTYPES)} "
+            "(convert with weight.astype(...))"
+        )
+    return name
+
+
+def _shape_of(weight: Any) -> tuple[tuple[int, ...], Any]:
+    """``(shape, dtype)`` of an array-like weight, or ``(shape, None)`` of a shape tuple."""
+    if hasattr(weight, "shape") and hasattr(weight, "dtype"):
+        return tuple(int(s) for s in weight.shape), weight.dtype
+    if isinstance(weight, Sequence) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in weight
+    ):
+        return tuple(int(s) for s in weight), None
+    raise TypeError(
+        f"weight must be an array or a shape tuple of ints, got {type(weight).__name__}"
+    )
+
+
+def _input_shape(input_shape: Any) -> tuple[int, ...]:
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(
+            f"input_shape must be a tuple of ints, got {input_shape!r} "
+            f"({type(input_shape).__name__})"
+        )
+    shape = tuple(_as_int(f"input_shape[{i}]", s) for i, s in enumerate(input_shape))
+    if len(shape) == 0:
+        raise ValueError("input_shape=() is empty; give (C_in, *spatial) or the spatial shape")
+    for i, s in enumerate(shape):
+        if s <= 0:
+            raise ValueError(f"input_shape={shape} has a size {s} <= 0 at position {i}")
+    return shape
+
+
+# --------------------------------------------------------------------------- the geometry
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ConvGeometry:
+    """Resolved geometry of a convolution matrix (frozen, hashable).
+
+    The fields describe the *forward* convolution ``y = W @ x``; ``transposed=True`` marks
+    the geometry of a transposed convolution, whose matrix is ``W.T`` of that forward
+    convolution (so ``input_shape``, ``output_shape`` and ``shape`` are swapped).
+
+    Attributes
+    ----------
+    in_channels, out_channels, groups : int
+        Channels of the forward convolution (``out_channels`` rows blocks, ``in_channels``
+        column blocks); ``groups`` divides both.
+    input_size, output_size : tuple of int
+        Spatial sizes of the forward convolution's input and output.
+    kernel_size, stride, dilation : tuple of int
+        Per-axis kernel size, stride and dilation.
+    padding : tuple of (int, int)
+        Resolved per-axis ``(lo, hi)`` padding.
+    padding_mode : str
+        One of ``'zeros'``, ``'reflect'``, ``'replicate'``, ``'circular'``.
+    dtype : str
+        dtype of ``W`` (the weight's).
+    shorthand : bool
+        One-channel shorthand: shapes are spatial only (no channel axis).
+    transposed : bool
+        The matrix is the transpose of the forward convolution's.
+
+    Notes
+    -----
+    Output position ``p`` of axis ``d`` reads the padded input at
+    ``stride[d] * p + dilation[d] * t - padding[d][0]`` for taps ``t < kernel_size[d]``;
+    ``output_size[d] = (n + lo + hi - dilation*(k - 1) - 1) // stride + 1``.
+    Positions outside the input are dropped (``zeros``) or mapped back into it
+    (``reflect``, ``replicate``, ``circular``); taps that land on the same input index
+    are summed, so each row holds ``C_in/groups * prod_d m_d(p_d)`` entries, ``m_d(p)``
+    being the number of distinct input indices axis ``d`` reads at ``p``.
+    """
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    input_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    padding_mode: str
+    output_size: tuple[int, ...]
+    dtype: str = "float64"
+    shorthand: bool = False
+    transposed: bool = False
+
+    # ---------------------------------------------------------------- derived sizes
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes."""
+        return len(self.input_size)
+
+    @property
+    def conv_input_shape(self) -> tuple[int, ...]:
+        """Shape of the forward convolution's input (the columns of ``W``)."""
+        return self.input_size if self.shorthand else (self.in_channels, *self.input_size)
+
+    @property
+    def conv_output_shape(self) -> tuple[int, ...]:
+        """Shape of the forward convolution's output (the rows of ``W``)."""
+        return self.output_size if self.shorthand else (self.out_channels, *self.output_size)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of the operator's input (swapped for a transposed geometry)."""
+        return self.conv_output_shape if self.transposed else self.conv_input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the operator's output (swapped for a transposed geometry)."""
+        return self.conv_input_shape if self.transposed else self.conv_output_shape
+
+    @property
+    def conv_shape(self) -> tuple[int, int]:
+        """Shape of the forward convolution matrix ``(C_out*prod(out), C_in*prod(in))``."""
+        return (
+            self.out_channels * math.prod(self.output_size),
+            self.in_channels * math.prod(self.input_size),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the matrix this geometry describes."""
+        rows, cols = self.conv_shape
+        return (cols, rows) if self.transposed else (rows, cols)
+
+    @property
+    def output_padding(self) -> tuple[int, ...]:
+        """For a transposed geometry, the ``output_padding`` that yields its output size."""
+        if not self.transposed:
+            return (0,) * self.ndim
+        return tuple(
+            n - conv_transpose_output_size(o, k, s, d, lo, hi, 0)
+            for n, o, k, s, d, (lo, hi) in zip(
+                self.input_size, self.output_size, self.kernel_size, self.stride,
+                self.dilation, self.padding, strict=True,
+            )
+        )
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the weight: ``(C_out, C_in/G, *k)`` of the forward convolution.
+
+        The same array is the transposed convolution's ``(C_in, C_out/G, *k)``.
+        """
+        if self.shorthand:
+            return self.kernel_size
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def T(self) -> ConvGeometry:  # noqa: N802 - mirrors ndarray.T
+        """The geometry of the transposed matrix."""
+        return dataclasses.replace(self, transposed=not self.transposed)
+
+    @functools.cached_property
+    def axis_plans(self) -> tuple[AxisPlan, ...]:
+        """Per-axis tap tables (see :class:`AxisPlan`)."""
+        return tuple(
+            _axis_plan(n, k, s, d, lo, self.padding_mode, o)
+            for n, k, s, d, (lo, _), o in zip(
+                self.input_size, self.kernel_size, self.stride, self.dilation,
+                self.padding, self.output_size, strict=True,
+            )
+        )
+
+    @property
+    def nnz_per_channel(self) -> int:
+        """Stored entries in the rows of one output channel."""
+        return (self.in_channels // self.groups) * math.prod(p.total for p in self.axis_plans)
+
+    @property
+    def nnz(self) -> int:
+        """Exact number of stored entries of ``W`` (folded taps summed into one)."""
+        return self.out_channels * self.nnz_per_channel
+
+    @property
+    def density(self) -> float:
+        """``nnz / (rows * cols)``."""
+        rows, cols = self.shape
+        return self.nnz / (rows * cols)
+
+    @property
+    def index_dtype(self) -> np.dtype:
+        """int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64."""
+        small = max(*self.shape, self.nnz) < INDEX_LIMIT
+        return np.dtype(np.int32 if small else np.int64)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes of one stored value."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the finished CSR: ``data`` + ``indices`` + ``indptr``."""
+        return self._csr_bytes(self.shape[0])
+
+    @property
+    def peak_bytes(self) -> int:
+        """Upper bound of the memory the build holds at its peak.
+
+        The forward matrix is written in place (CSR plus bounded workspace); a transposed
+        matrix is converted from it, so both CSRs are alive at once.
+        """
+        forward = self._csr_bytes(self.conv_shape[0])
+        if self.transposed:
+            return forward + self._csr_bytes(self.conv_shape[1]) + _WORKSPACE_BYTES
+        return forward + min(_WORKSPACE_BYTES, forward)
+
+    def _csr_bytes(self, rows: int) -> int:
+        idx = self.index_dtype.itemsize
+        return self.nnz * (self.itemsize + idx) + (rows + 1) * idx
+
+    # ---------------------------------------------------------------- display
+    def describe(self) -> str:
+        """Kind, shapes and the non-default options in one line."""
+        kind = f"conv_transpose{self.ndim}d" if self.transposed else f"conv{self.ndim}d"
+        parts = [
+            f"{kind}: {self.input_shape} -> {self.output_shape}",
+            f"kernel={self.kernel_size}",
+            f"stride={self.stride}",
+            f"padding={self.padding}",
+            f"dilation={self.dilation}",
+        ]
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode!r}")
+        if self.transposed and any(self.output_padding):
+            parts.append(f"output_padding={self.output_padding}")
+        return ", ".join(parts)
+
+    def summary(self) -> str:
+        """Shape, nnz, density and bytes in one line."""
+        return (
+            f"shape={self.shape}, nnz={self.nnz:,}, density={self.density:.3g}, "
+            f"dtype={self.dtype}, {_format_bytes(self.nbytes)}"
+        )
+
+    def __repr__(self) -> str:
+        return f"ConvGeometry({self.describe()}; {self.summary()})"
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- constructors
+
+
+def _build(
+    weight: Any,
+    input_shape: Any,
+    *,
+    transposed: bool,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    padding_mode: Any,
+    output_padding: Any = 0,
+    output_size: Any = None,
+    dtype: Any = None,
+) -> ConvGeometry:
+    wshape, wdtype = _shape_of(weight)
+    dtype_name = _check_dtype(wdtype if wdtype is not None else (dtype or "float64"))
+    shape = _input_shape(input_shape)
+    groups = _as_int("groups", groups)
+    if groups <= 0:
+        raise ValueError(f"groups must be >= 1, got groups={groups}")
+
+    if len(wshape) == len(shape):  # one-channel shorthand: kernel only
+        shorthand = True
+        if groups != 1:
+            raise ValueError(
+                f"groups={groups} needs a weight with channel axes; a weight of shape {wshape} "
+                f"with input_shape={shape} is the one-channel shorthand (groups=1)"
+            )
+        kernel, spatial = wshape, shape
+        w_out, w_in, c_in = 1, 1, 1
+    elif len(wshape) == len(shape) + 1 and len(shape) >= 2:
+        shorthand = False
+        w_out, w_in, kernel = wshape[0], wshape[1], wshape[2:]
+        c_in, spatial = shape[0], shape[1:]
+    else:
+        layout = "(C_in, C_out//groups, *kernel)" if transposed else "(C_out, C_in//groups, *kernel)"
+        raise ValueError(
+            f"weight.ndim={len(wshape)} (shape {wshape}) does not fit input_shape={shape}: "
+            f"expected ndim {len(shape) + 1} {layout} for input (C, *spatial), or ndim "
+            f"{len(shape)} (a one-channel kernel) for a spatial-only input_shape"
+        )
+    ndim = len(spatial)
+    for d, k in enumerate(kernel):
+        if k <= 0:
+            raise ValueError(f"kernel size must be >= 1; axis {d} of weight shape {wshape} is {k}")
+    if transposed:
+        # weight (C_in_t, C_out_t // groups, *k): C_in_t are the forward conv's out channels.
+        conv_out, conv_in = w_out, w_in * groups
+        if c_in != conv_out:
+            raise ValueError(
+                f"weight.shape[0]={w_out} (transposed-conv input channels) must equal "
+                f"input_shape[0]={c_in}"
+            )
+        if w_out % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={w_out}")
+    else:
+        conv_out, conv_in = w_out, c_in
+        if c_in % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={c_in}")
+        if w_out % groups:
+            raise ValueError(f"groups={groups} must divide out_channels={w_out}")
+        if w_in * groups != c_in:
+            raise ValueError(
+                f"weight.shape[1]={w_in} times groups={groups} must equal input channels "
+                f"input_shape[0]={c_in}"
+            )
+    if w_out == 0 or w_in == 0:
+        raise ValueError(f"weight shape {wshape} has an empty channel axis")
+
+    stride_t = _per_axis("stride", stride, ndim)
+    _positive("stride", stride_t)
+    dilation_t = _per_axis("dilation", dilation, ndim)
+    _positive("dilation", dilation_t)
+    pad = _resolve_padding(padding, ndim, kernel, stride_t, dilation_t)
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"padding_mode={padding_mode!r} is not one of {', '.join(map(repr, PADDING_MODES))}"
+        )
+
+    if transposed:
+        if output_size is not None:
+            if not (isinstance(output_padding, int) and output_padding == 0) and any(
+                _per_axis("output_padding", output_padding, ndim)
+            ):
+                raise ValueError("give output_padding or output_size, not both")
+            out_pad = _output_padding_from_size(
+                output_size, spatial, kernel, stride_t, dilation_t, pad
+            )
+        else:
+            out_pad = _per_axis("output_padding", output_padding, ndim)
+        for d, (op, s, dl) in enumerate(zip(out_pad, stride_t, dilation_t, strict=True)):
+            if op < 0 or op >= max(s, dl):
+                raise ValueError(
+                    f"output_padding must satisfy 0 <= output_padding < max(stride, dilation); "
+                    f"axis {d} has output_padding={op}, stride={s}, dilation={dl}"
+                )
+        conv_in_size = tuple(
+            conv_transpose_output_size(n, k, s, dl, lo, hi, op)
+            for n, k, s, dl, (lo, hi), op in zip(
+                spatial, kernel, stride_t, dilation_t, pad, out_pad, strict=True
+            )
+        )
+        for d, m in enumerate(conv_in_size):
+            if m <= 0:
+                raise ValueError(
+                    f"axis {d}: transposed-convolution output size "
+                    f"(n-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1 = {m} <= 0 "
+                    f"for n={spatial[d]}, k={kernel[d]}, stride={stride_t[d]}, padding={pad[d]}, "
+                    f"dilation={dilation_t[d]}, output_padding={out_pad[d]}"
+                )
+        conv_out_size = spatial
+    else:
+        conv_in_size = spatial
+        conv_out_size = ()
+
+    _check_padding_mode_fits(padding_mode, conv_in_size, pad)
+    natural = []
+    for d, (n, k, s, dl, (lo, hi)) in enumerate(
+        zip(conv_in_size, kernel, stride_t, dilation_t, pad, strict=True)
+    ):
+        span = dilated_kernel_size(k, dl)
+        if span > n + lo + hi:
+            raise ValueError(
+                f"axis {d}: dilated kernel spans {span} > padded input {n + lo + hi} "
+                f"(input {n} + padding {lo}+{hi}); output would be empty"
+            )
+        natural.append(conv_output_size(n, k, s, dl, lo, hi))
+    # A transposed conv with output_padding >= stride keeps only the first `n` conv outputs.
+    out = conv_out_size if transposed else tuple(natural)
+
+    return ConvGeometry(
+        in_channels=conv_in,
+        out_channels=conv_out,
+        groups=groups,
+        input_size=tuple(conv_in_size),
+        kernel_size=tuple(kernel),
+        stride=stride_t,
+        dilation=dilation_t,
+        padding=pad,
+        padding_mode=padding_mode,
+        output_size=tuple(out),
+        dtype=dtype_name,
+        shorthand=shorthand,
+        transposed=transposed,
+    )
+
+
+def _check_padding_mode_fits(
+    mode: str, size: tuple[int, ...], pad: tuple[tuple[int, int], ...]
+) -> None:
+    for d, (n, (lo, hi)) in enumerate(zip(size, pad, strict=True)):
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding < input size; axis {d} has padding "
+                f"({lo}, {hi}) for input size {n}"
+            )
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(
+                f"padding_mode='circular' needs padding <= input size (it wraps once); axis {d} "
+                f"has padding ({lo}, {hi}) for input size {n}"
+            )
+
+
+def _output_padding_from_size(
+    output_size: Any,
+    spatial: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    pad: tuple[tuple[int, int], ...],
+) -> tuple[int, ...]:
+    """``output_padding`` for a requested ``output_size``, as PyTorch's ``_output_padding``."""
+    ndim = len(spatial)
+    if not isinstance(output_size, Sequence) or isinstance(output_size, str):
+        raise TypeError(f"output_size must be a tuple of ints, got {output_size!r}")
+    if len(output_size) not in (ndim, ndim + 1, ndim + 2):
+        raise ValueError(
+            f"output_size={tuple(output_size)!r} must give the {ndim} spatial sizes "
+            f"(optionally preceded by channels, or batch and channels)"
+        )
+    size = tuple(
+        _as_int(f"output_size[{i}]", v) for i, v in enumerate(tuple(output_size)[-ndim:])
+    )
+    mins = tuple(
+        conv_transpose_output_size(n, k, s, d, lo, hi, 0)
+        for n, k, s, d, (lo, hi) in zip(spatial, kernel, stride, dilation, pad, strict=True)
+    )
+    maxs = tuple(m + s - 1 for m, s in zip(mins, stride, strict=True))
+    if any(not lo <= v <= hi for v, lo, hi in zip(size, mins, maxs, strict=True)):
+        raise ValueError(
+            f"requested output_size {size}, but valid sizes range from {mins} to {maxs} "
+            f"(for an input of {spatial})"
+        )
+    return tuple(v - m for v, m in zip(size, mins, strict=True))
+
+
+def conv_geometry(
+    weight: Any,
+    input_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Any = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    dtype: Any = None,
+) -> ConvGeometry:
+    """Validate the arguments of a convolution and return its :class:`ConvGeometry`.
+
+    Parameters
+    ----------
+    weight : array or tuple of int
+        The weight ``(C_out, C_in // groups, *kernel)`` or just its shape; a kernel with as
+        many axes as ``input_shape`` is the one-channel shorthand.
+    input_shape : tuple of int
+        ``(C_in, *spatial)``, or the spatial shape for the one-channel shorthand.
+    stride, dilation : int or tuple of int
+        Per-axis stride and dilation (>= 1).
+    padding : int, tuple, tuple of (lo, hi) pairs, 'valid' or 'same'
+        Zero or mode padding added to each side of each spatial axis.
+    groups : int
+        Blocked connections from input to output channels.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+        How the padded border is filled (PyTorch's meaning).
+    dtype : dtype, optional
+        dtype of ``W`` when ``weight`` is a shape (default float64).
+
+    Returns
+    -------
+    ConvGeometry
+
+    Raises
+    ------
+    TypeError
+        A non-int where an int is expected, or an unsupported dtype.
+    ValueError
+        Any inconsistent or out-of-range argument (the message names it).
+
+    Examples
+    --------
+    >>> g = conv_geometry((10, 3, 4, 4), (3, 64, 64), stride=2, padding=1)
+    >>> g.output_shape, g.shape, g.nnz
+    ((10, 32, 32), (10240, 12288), 476280)
+    """
+    return _build(
+        weight, input_shape, transposed=False, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode, dtype=dtype,
+    )
+
+
+def conv_transpose_geometry(
+    weight: Any,
+    input_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Any = 0,
+    output_padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    output_size: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    dtype: Any = None,
+) -> ConvGeometry:
+    """Validate the arguments of a transposed convolution and return its geometry.
+
+    ``weight`` is ``(C_in, C_out // groups, *kernel)`` (PyTorch/MXNet layout) and
+    ``input_shape`` is ``(C_in, *spatial)``. ``output_size`` picks ``output_padding`` as
+    PyTorch's ``ConvTranspose*d.forward(output_size=...)`` does. The other arguments are
+    those of :func:`conv_geometry`; the result has ``transposed=True``.
+
+    Notes
+    -----
+    ``out = (in - 1)*stride - pad_lo - pad_hi + dilation*(k - 1) + output_padding + 1``.
+
+    Examples
+    --------
+    >>> g = conv_transpose_geometry((10, 3, 4, 4), (10, 32, 32), stride=2, padding=1)
+    >>> g.output_shape
+    (3, 64, 64)
+    """
+    return _build(
+        weight, input_shape, transposed=True, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode,
+        output_padding=output_padding, output_size=output_size, dtype=dtype,
+    )
+
+
+def output_shape(
+    weight: Any, input_shape: Sequence[int], *, transposed: bool = False, **options: Any
+) -> tuple[int, ...]:
+    """Output shape of a convolution (or, with ``transposed=True``, a transposed one).
+
+    Examples
+    --------
+    >>> output_shape((20, 10, 5, 5), (10, 16, 16), stride=3, padding=2)
+    (20, 6, 6)
+    >>> output_shape((20, 10, 5, 5), (20, 6, 6), stride=3, padding=2, transposed=True)
+    (10, 16, 16)
+    """
+    make = conv_transpose_geometry if transposed else conv_geometry
+    return make(weight, input_shape, **options).output_shape
+
+
+# --------------------------------------------------------------------------- memory guard
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: Share of available memory a build may take when ``max_bytes`` is not given.
+DEFAULT_MEMORY_SHARE = 0.5
+
+
+def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "W") -> None:
+    """Refuse (``ConvMatrixTooLarge``) a build whose peak would exceed ``max_bytes``.
+
+    ``max_bytes=None`` allows half of the currently available memory.
+    """
+    if max_bytes is None:
+        avail = available_memory()
+        if avail is None:
+            return
+        limit, source = int(avail * DEFAULT_MEMORY_SHARE), (
+            f"default: {DEFAULT_MEMORY_SHARE:.0%} of {_format_bytes(avail)} available"
+        )
+    else:
+        limit = _as_int("max_bytes", max_bytes)
+        if limit < 0:
+            raise ValueError(f"max_bytes must be >= 0, got max_bytes={limit}")
+        source = "max_bytes"
+    peak = geometry.peak_bytes
+    if peak > limit:
+        raise ConvMatrixTooLarge(
+            f"{what} of shape {geometry.shape} with nnz={geometry.nnz:,} needs "
+            f"{peak:,} bytes at peak ({_format_bytes(peak)}; the CSR alone is "
+            f"{geometry.nbytes:,} bytes), over the limit of {limit:,} bytes ({source})"
+        )

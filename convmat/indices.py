@@ -1,0 +1,247 @@
+"""Write the CSR arrays of a convolution matrix in place, against an array namespace ``xp``.
+
+No validation happens here: the :class:`~convmat.geometry.ConvGeometry` did it.
+
+How it works
+------------
+Rows are ``(c_out, p_1, ..., p_D)`` in C order, entries of a row are
+``(c_in, r_1, ..., r_D)``: the ``c_in`` of the group, and for each axis the ``r``-th distinct
+input index the output position reads (see :class:`~convmat.geometry.AxisPlan`). Each axis
+splits into *runs* of output positions sharing one relative tap pattern (the interior is
+one run; border positions where padding drops or folds taps form their own). A product of
+one run per axis is a *box*: all its rows have the same length ``L`` and their offsets in
+the CSR arrays are affine in ``(group, c_out, p_1, ..., p_D)``, so the box is a strided
+view ``(G, C_out/G, |R_1|, ..., |R_D|, L)`` of ``indices`` and of ``data``:
+
+* ``indices[box] = outer[g, p] + inner[c_in, r]`` -- a single broadcast add, where
+  ``outer = g*C_in/G*N_in + sum_d base_d[p_d]*N_d`` and
+  ``inner = c_in*N_in + sum_d offsets_d[r_d]*N_d`` (``N_d`` the C-order stride of axis d);
+* ``data[box] = F[c_out, c_in, r]`` broadcast over ``p``, where ``F`` is the weight with
+  each axis' taps gathered (and folded taps summed) for that run.
+
+Every entry is written once, straight into its final place, so the build runs at the
+speed of writing the CSR; large boxes are split into tasks that run on threads (NumPy
+releases the GIL in these bulk operations).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .geometry import AxisRun, ConvGeometry
+
+__all__ = ["build_csr_arrays", "fold_weight"]
+
+#: Entries written by one task (a slab of a box); bounds per-task temporaries.
+TASK_ENTRIES = 1 << 21
+#: Below this many entries, build on the calling thread only.
+THREADED_MIN_NNZ = 1 << 20
+#: Rows shorter than this are written through a tile of whole last-axis lines, so that the
+#: innermost loop NumPy runs is long.
+SHORT_ROW = 64
+
+
+def default_threads() -> int:
+    """Worker threads for a build: the CPUs this process may run on, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def fold_weight(weight: Any, runs: tuple[AxisRun, ...], xp: ModuleType) -> Any:
+    """Weight ``(C_out, C_in/G, *kernel)`` with each axis' taps gathered for ``runs``.
+
+    Returns ``F`` of shape ``(C_out, C_in/G, m_1, ..., m_D)`` with
+    ``F[..., r_1, ..., r_D] = sum over taps t_d in runs[d].taps[r_d] of weight[..., t]``.
+    """
+    f = weight
+    for d, run in enumerate(runs):
+        axis = 2 + d
+        k = f.shape[axis]
+        if run.taps == tuple((t,) for t in range(k)):
+            continue  # every tap lands on its own input index, in order
+        if all(len(ts) == 1 for ts in run.taps):
+            f = xp.take(f, xp.asarray([ts[0] for ts in run.taps], dtype=np.int64), axis=axis)
+        else:
+            parts = [
+                xp.take(f, xp.asarray(ts, dtype=np.int64), axis=axis).sum(axis=axis)
+                for ts in run.taps
+            ]
+            f = xp.stack(parts, axis=axis)
+    return f
+
+
+def _as_strided(xp: ModuleType, flat: Any, offset: int, shape: tuple[int, ...],
+                strides: tuple[int, ...]) -> Any:
+    item = flat.itemsize
+    return xp.lib.stride_tricks.as_strided(
+        flat[offset:], shape=shape, strides=tuple(s * item for s in strides)
+    )
+
+
+def build_csr_arrays(
+    geometry: ConvGeometry,
+    weight: Any | None,
+    xp: ModuleType = np,
+    *,
+    indices: bool = True,
+    threads: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """``(data, indices, indptr)`` of the forward convolution matrix of ``geometry``.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+        Validated geometry (its ``transposed`` flag is ignored: this is the forward ``W``).
+    weight : array or None
+        ``(C_out, C_in/G, *kernel)`` in ``geometry.dtype``; ``None`` skips ``data``.
+    xp : module
+        ``numpy`` or ``cupy``.
+    indices : bool
+        Whether to write ``indices`` and ``indptr`` (``False`` when only swapping data).
+    threads : int, optional
+        Worker threads (NumPy only); default :func:`default_threads`.
+    """
+    g = geometry
+    groups = g.groups
+    cout_g = g.out_channels // groups
+    cin_g = g.in_channels // groups
+    plans = g.axis_plans
+    ndim = g.ndim
+    n_in = math.prod(g.input_size)
+    axis_stride = [math.prod(g.input_size[d + 1:]) for d in range(ndim)]
+    totals = [p.total for p in plans]
+    prefix = [np.concatenate(([0], np.cumsum(p.counts))).tolist() for p in plans]
+    nnz_ch = g.nnz_per_channel
+    nnz = g.nnz
+    idx_dtype = g.index_dtype
+    rows = g.conv_shape[0]
+
+    data_arr = xp.empty(nnz, dtype=g.dtype) if weight is not None else None
+    idx_arr = xp.empty(nnz, dtype=idx_dtype) if indices else None
+    indptr = _indptr(g, xp) if indices else None
+    assert indptr is None or indptr.shape == (rows + 1,)
+
+    bases = [xp.asarray(p.base.astype(idx_dtype)) for p in plans]
+    tasks = []
+    for runs in itertools.product(*(p.runs for p in plans)):
+        ms = [r.m for r in runs]
+        if 0 in ms:
+            continue
+        row_len = cin_g * math.prod(ms)
+        offset = 0
+        strides = []
+        for d, run in enumerate(runs):
+            before = math.prod(ms[:d])
+            after = math.prod(totals[d + 1:])
+            offset += before * prefix[d][run.start] * after
+            strides.append(before * run.m * after)
+        offset *= cin_g
+        strides = [cin_g * s for s in strides]
+        shape = (groups, cout_g, *(r.size for r in runs), row_len)
+        strides_all = (cout_g * nnz_ch, nnz_ch, *strides, 1)
+        box = _Box(runs, shape, strides_all, offset)
+        if idx_arr is not None:
+            box.inner = xp.asarray(_inner_offsets(runs, cin_g, n_in, axis_stride).astype(idx_dtype))
+        if data_arr is not None:
+            f = fold_weight(weight, runs, xp)
+            box.folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
+        tasks.extend(box.split(TASK_ENTRIES))
+
+    def run(task: tuple[_Box, int, slice]) -> None:
+        box, axis, sl = task
+        index = [slice(None)] * len(box.shape)
+        index[axis] = sl
+        sub = tuple(index)
+        if idx_arr is not None:
+            view = _as_strided(xp, idx_arr, box.offset, box.shape, box.strides)[sub]
+            outer = _outer_table(box, sub, bases, groups, cin_g * n_in, axis_stride, xp, idx_dtype)
+            xp.add(outer, box.inner, out=view)
+        if data_arr is not None:
+            view = _as_strided(xp, data_arr, box.offset, box.shape, box.strides)[sub]
+            f = box.folded[sub[:2]] if axis < 2 else box.folded
+            view[...] = f
+
+    workers = threads if threads is not None else default_threads()
+    if xp is np and workers > 1 and nnz >= THREADED_MIN_NNZ and len(tasks) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, tasks))
+    else:
+        for task in tasks:
+            run(task)
+    return data_arr, idx_arr, indptr
+
+
+class _Box:
+    """One product of runs: a strided view of the CSR arrays (see module docstring)."""
+
+    inner: Any
+    folded: Any
+
+    def __init__(self, runs: tuple[AxisRun, ...], shape: tuple[int, ...],
+                 strides: tuple[int, ...], offset: int) -> None:
+        self.runs = runs
+        self.shape = shape
+        self.strides = strides
+        self.offset = offset
+
+    def split(self, max_entries: int) -> list[tuple[_Box, int, slice]]:
+        """Slabs of at most about ``max_entries`` entries along the longest outer axis."""
+        outer = self.shape[:-1]
+        total = math.prod(self.shape)
+        axis = max(range(len(outer)), key=lambda a: outer[a])
+        pieces = min(outer[axis], max(1, -(-total // max_entries)))
+        step = -(-outer[axis] // pieces)
+        return [(self, axis, slice(s, min(s + step, outer[axis])))
+                for s in range(0, outer[axis], step)]
+
+
+def _inner_offsets(runs: tuple[AxisRun, ...], cin_g: int, n_in: int,
+                   axis_stride: list[int]) -> np.ndarray:
+    """Column offsets of one row's entries ``(c_in, r_1, ..., r_D)`` (host, int64)."""
+    ndim = len(runs)
+    inner = (np.arange(cin_g, dtype=np.int64) * n_in).reshape((cin_g,) + (1,) * ndim)
+    for d, run in enumerate(runs):
+        shape = [1] * (ndim + 1)
+        shape[1 + d] = run.m
+        inner = inner + (np.asarray(run.offsets, dtype=np.int64) * axis_stride[d]).reshape(shape)
+    return inner.ravel()
+
+
+def _outer_table(box: _Box, sub: tuple[slice, ...], bases: list[Any], groups: int,
+                 group_cols: int, axis_stride: list[int], xp: ModuleType,
+                 idx_dtype: np.dtype) -> Any:
+    """First column of each row of the slab: ``g*group_cols + sum_d base_d[p_d]*N_d``."""
+    ndim = len(box.runs)
+    full = 2 + ndim + 1
+    out = (xp.arange(groups, dtype=idx_dtype) * idx_dtype.type(group_cols))[sub[0]]
+    out = out.reshape((-1,) + (1,) * (full - 1))
+    for d, run in enumerate(box.runs):
+        part = bases[d][run.start:run.stop][sub[2 + d]] * idx_dtype.type(axis_stride[d])
+        shape = [1] * full
+        shape[2 + d] = -1
+        out = out + part.reshape(shape)
+    return out
+
+
+def _indptr(g: ConvGeometry, xp: ModuleType) -> Any:
+    """Row pointers: row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries."""
+    cin_g = g.in_channels // g.groups
+    lengths = xp.asarray(np.array(cin_g, dtype=np.int64))
+    for plan in g.axis_plans:
+        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts))
+    per_channel = xp.cumsum(lengths.ravel())
+    starts = xp.arange(g.out_channels, dtype=np.int64) * g.nnz_per_channel
+    indptr = xp.empty(g.conv_shape[0] + 1, dtype=g.index_dtype)
+    indptr[0] = 0
+    indptr[1:].reshape(g.out_channels, -1)[...] = starts[:, None] + per_channel[None, :]
+    return indptr

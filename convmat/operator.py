@@ -1,0 +1,310 @@
+"""``ConvOperator``: a convolution matrix that knows its geometry and reshapes for you."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import same_backend
+from .geometry import (
+    ConvGeometry,
+    _check_dtype,
+    _format_bytes,
+    check_memory,
+    conv_geometry,
+    conv_transpose_geometry,
+)
+from .indices import build_csr_arrays
+from .matrix import _check_finite, _conv_weight, assemble, from_arrays, prepare
+
+__all__ = ["ConvOperator"]
+
+
+class ConvOperator:
+    """A convolution as a linear operator ``y = W @ x``, with shapes attached.
+
+    Parameters
+    ----------
+    weight : array_like
+        ``(C_out, C_in // groups, *kernel)`` or a one-channel kernel.
+    input_shape : tuple of int
+        ``(C_in, *spatial)``, or the spatial shape for the one-channel shorthand.
+    **options
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``max_bytes``
+        as in :func:`convmat.conv_matrix`.
+
+    Attributes
+    ----------
+    matrix : scipy.sparse.csr_array
+        ``W`` (for an adjoint operator, the transposed view ``W.T``, a CSC array).
+    geometry : ConvGeometry
+    shape, input_shape, output_shape, dtype, nnz, nbytes
+
+    Notes
+    -----
+    ``op @ x`` accepts a flat vector ``(n,)``, one shaped input ``input_shape``, a batch
+    ``(N, *input_shape)`` (returns ``(N, *output_shape)``) or a block of columns
+    ``(n, k)`` (returns ``(m, k)``). When a 2-D array fits both a batch and a block of
+    columns (a square array with a 1-D ``input_shape``) it is read as a batch.
+    ``op.T`` and ``op.H`` are the transposed and conjugate-transposed operators; they map
+    shaped arrays back. ``ConvOperator.transposed(...)`` builds a transposed convolution.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> op = ConvOperator(np.array([[0., 1.], [2., 3.]]), (3, 3))
+    >>> op.shape, op.output_shape
+    ((4, 9), (2, 2))
+    >>> op @ np.arange(9.0).reshape(3, 3)
+    array([[19., 25.],
+           [37., 43.]])
+    >>> (op.T @ np.array([[0., 1.], [2., 3.]]))
+    array([[ 0.,  0.,  1.],
+           [ 0.,  4.,  6.],
+           [ 4., 12.,  9.]])
+    """
+
+    # Let NumPy defer `ndarray @ op` / `ndarray * op` to this class.
+    __array_ufunc__ = None
+
+    geometry: ConvGeometry
+    matrix: Any
+    _xp: ModuleType
+    _adjoints: dict[str, ConvOperator]
+
+    def __init__(
+        self,
+        weight: Any,
+        input_shape: Sequence[int],
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: Any = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        max_bytes: int | None = None,
+    ) -> None:
+        weight, xp, geometry = prepare(
+            weight,
+            lambda w: conv_geometry(
+                w, input_shape, stride=stride, padding=padding, dilation=dilation,
+                groups=groups, padding_mode=padding_mode,
+            ),
+        )
+        check_memory(geometry, max_bytes)
+        self._set(geometry, assemble(geometry, weight, xp), xp)
+
+    @classmethod
+    def transposed(
+        cls,
+        weight: Any,
+        input_shape: Sequence[int],
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: Any = 0,
+        output_padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        output_size: Sequence[int] | None = None,
+        padding_mode: str = "zeros",
+        max_bytes: int | None = None,
+    ) -> ConvOperator:
+        """The transposed convolution, weight ``(C_in, C_out // groups, *kernel)``.
+
+        Arguments as :func:`convmat.conv_transpose_matrix`; the result is the ``.T`` of the
+        matching convolution operator (its ``matrix`` a transposed CSC view, no copy).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = ConvOperator.transposed(np.ones((10, 3, 4, 4)), (10, 32, 32),
+        ...                              stride=2, padding=1)
+        >>> op.output_shape
+        (3, 64, 64)
+        """
+        weight, xp, geometry = prepare(
+            weight,
+            lambda w: conv_transpose_geometry(
+                w, input_shape, stride=stride, padding=padding, output_padding=output_padding,
+                dilation=dilation, groups=groups, output_size=output_size,
+                padding_mode=padding_mode,
+            ),
+        )
+        forward = geometry.T
+        check_memory(forward, max_bytes)
+        return cls._from(forward, assemble(forward, weight, xp), xp).T
+
+    @classmethod
+    def _from(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType) -> ConvOperator:
+        op = cls.__new__(cls)
+        op._set(geometry, matrix, xp)
+        return op
+
+    def _set(self, geometry: ConvGeometry, matrix: Any, xp: ModuleType) -> None:
+        self.geometry = geometry
+        self.matrix = matrix
+        self._xp = xp
+        self._adjoints = {}
+
+    # ---------------------------------------------------------------- attributes
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the matrix."""
+        return self.geometry.shape
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input."""
+        return self.geometry.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output."""
+        return self.geometry.output_shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the matrix."""
+        return np.dtype(self.matrix.dtype)
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries of the matrix."""
+        return int(self.matrix.nnz)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the matrix arrays."""
+        m = self.matrix
+        return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+
+    # ---------------------------------------------------------------- adjoints
+    @property
+    def T(self) -> ConvOperator:  # noqa: N802 - mirrors ndarray.T
+        """The transposed operator (``W.T``), mapping shaped outputs back to inputs."""
+        if "T" not in self._adjoints:
+            op = ConvOperator._from(self.geometry.T, self.matrix.T, self._xp)
+            op._adjoints["T"] = self
+            self._adjoints["T"] = op
+        return self._adjoints["T"]
+
+    @property
+    def H(self) -> ConvOperator:  # noqa: N802 - mirrors scipy's .H
+        """The adjoint (conjugate transpose ``W^H``); equal to ``.T`` for real dtypes."""
+        if self.dtype.kind != "c":
+            return self.T
+        if "H" not in self._adjoints:
+            op = ConvOperator._from(self.geometry.T, self.matrix.conj().T, self._xp)
+            op._adjoints["H"] = self
+            self._adjoints["H"] = op
+        return self._adjoints["H"]
+
+    # ---------------------------------------------------------------- application
+    def __matmul__(self, x: Any) -> Any:
+        return self.apply(x)
+
+    def apply(self, x: Any) -> Any:
+        """``W @ x`` for a vector, a shaped input, a batch or a block of columns."""
+        same_backend("x", x, self._xp, "the operator")
+        x = np.asarray(x) if self._xp is np else x
+        if x.dtype.kind not in "biufc":
+            raise TypeError(f"x must be a numeric array, got dtype {x.dtype}")
+        rows, cols = self.shape
+        ins, outs = self.input_shape, self.output_shape
+        w = self.matrix
+        if x.ndim == 1 and x.shape[0] == cols:
+            return w @ x
+        if tuple(x.shape) == ins:
+            return (w @ x.reshape(-1)).reshape(outs)
+        if x.ndim == len(ins) + 1 and tuple(x.shape[1:]) == ins:
+            flat = x.reshape(x.shape[0], cols)
+            return (w @ flat.T).T.reshape((x.shape[0], *outs))
+        if x.ndim == 2 and x.shape[0] == cols:
+            return w @ x
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} does not fit the operator {rows}x{cols}: expected a "
+            f"vector ({cols},), an input of shape {ins}, a batch (N, *{ins}) or a block of "
+            f"columns ({cols}, k)"
+        )
+
+    def aslinearoperator(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` (matvec, rmatvec, matmat, adjoint).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> A = ConvOperator(np.ones((1, 1, 3)), (1, 8)).aslinearoperator()
+        >>> A.shape, A.rmatvec(np.ones(6)).shape
+        ((6, 8), (8,))
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        op = self
+
+        class _ConvLinearOperator(LinearOperator):
+            def __init__(self) -> None:
+                super().__init__(dtype=op.dtype, shape=op.shape)
+
+            def _matvec(self, x: Any) -> Any:
+                return op.matrix @ x
+
+            def _rmatvec(self, y: Any) -> Any:
+                return op.H.matrix @ y
+
+            def _matmat(self, x: Any) -> Any:
+                return op.matrix @ x
+
+            def _rmatmat(self, y: Any) -> Any:
+                return op.H.matrix @ y
+
+            def _adjoint(self) -> Any:
+                return op.H.aslinearoperator()
+
+            def _transpose(self) -> Any:
+                return op.T.aslinearoperator()
+
+        return _ConvLinearOperator()
+
+    def with_weight(self, weight: Any) -> ConvOperator:
+        """The same geometry with another weight: only ``data`` is rebuilt.
+
+        The index arrays are shared with this operator (they depend on the geometry only).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = ConvOperator(np.ones((2, 2)), (3, 3))
+        >>> op2 = op.with_weight(2 * np.ones((2, 2)))
+        >>> np.shares_memory(op2.matrix.indices, op.matrix.indices), float(op2.matrix.sum())
+        (True, 32.0)
+        """
+        transposed = self.geometry.transposed
+        forward = self.geometry.T if transposed else self.geometry
+        weight, xp = (weight, self._xp) if self._xp is not np else (np.asarray(weight), np)
+        same_backend("weight", weight, self._xp, "the operator")
+        expected = forward.weight_shape
+        if tuple(weight.shape) != expected:
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} does not fit this operator: expected "
+                f"{expected}"
+            )
+        forward = dataclasses.replace(forward, dtype=_check_dtype(weight.dtype))
+        _check_finite(weight, xp)
+        base = self.T.matrix if transposed else self.matrix
+        data, _, _ = build_csr_arrays(forward, _conv_weight(forward, weight), xp, indices=False)
+        w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
+        op = ConvOperator._from(forward, w, xp)
+        return op.T if transposed else op
+
+    # ---------------------------------------------------------------- display
+    def __repr__(self) -> str:
+        g = self.geometry
+        backend = "" if self._xp is np else ", backend=cupy"
+        return (
+            f"ConvOperator({g.describe()}; shape={self.shape}, nnz={self.nnz:,}, "
+            f"dtype={self.dtype}, {_format_bytes(self.nbytes)}{backend})"
+        )
