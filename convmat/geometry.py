@@ -79,7 +79,7 @@ def conv_transpose_output_size(
     pad_hi: int,
     output_padding: int,
 ) -> int:
-    """Transposed-convolution output: ``(n-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``."""
+    """Transposed-conv output: ``(n-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``."""
     return (
         (input_size - 1) * stride
         - pad_lo
@@ -114,14 +114,18 @@ class AxisRun:
     """Consecutive output positions ``[start, stop)`` of one axis that share a tap pattern.
 
     For every ``p`` in the run, output ``p`` reads the ``m = len(offsets)`` distinct input
-    indices ``base[p] + offsets`` (ascending), and input index ``r`` receives the sum of
+    indices ``base(p) + offsets`` (ascending), and input index ``r`` receives the sum of
     the kernel taps ``taps[r]`` (several taps when a padding mode folds them together).
+    ``base(p)`` is ``base0 + step * (p - start)``, or ``bases[p - start]`` when given.
     """
 
     start: int
     stop: int
     offsets: tuple[int, ...]
     taps: tuple[tuple[int, ...], ...]
+    base0: int = 0
+    step: int = 0
+    bases: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -133,45 +137,83 @@ class AxisRun:
         """Distinct input indices read by each output position of the run."""
         return len(self.offsets)
 
+    def base(self, positions: slice = slice(None)) -> np.ndarray:
+        """Smallest input index read, for the run's positions ``positions`` (int64)."""
+        if self.bases is not None:
+            return np.asarray(self.bases, dtype=np.int64)[positions]
+        index = np.arange(self.size, dtype=np.int64)[positions]
+        return self.base0 + self.step * index
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AxisPlan:
-    """Which input indices each output position of one axis reads, grouped into runs."""
+    """Which input indices each output position of one axis reads, as runs.
 
-    base: np.ndarray  # (output_size,) int64: smallest input index read (0 when none)
-    counts: np.ndarray  # (output_size,) int64: distinct input indices read
+    Only border positions (where padding drops or folds taps) are tabulated; the interior
+    is a single affine run, so a plan costs O(kernel * border), not O(output size).
+    """
+
     runs: tuple[AxisRun, ...]
 
     @property
     def total(self) -> int:
         """Entries along this axis summed over output positions (a factor of nnz)."""
-        return int(self.counts.sum())
+        return sum(r.size * r.m for r in self.runs)
+
+    def counts(self) -> np.ndarray:
+        """Distinct input indices read by each output position (int64, length ``out``)."""
+        return np.repeat(np.array([r.m for r in self.runs], dtype=np.int64),
+                         [r.size for r in self.runs])
+
+    def prefix(self, run: AxisRun) -> int:
+        """Entries along this axis for the positions before ``run``."""
+        return sum(r.size * r.m for r in self.runs if r.start < run.start)
+
+
+def _border_runs(n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str,
+                 first: int, stop: int) -> list[AxisRun]:
+    """Runs of positions ``[first, stop)``, tabulating each position's taps."""
+    if first >= stop:
+        return []
+    p = np.arange(first, stop, dtype=np.int64)
+    u = stride * p[:, None] + dilation * np.arange(k, dtype=np.int64)[None, :] - pad_lo
+    q = _padded_index(u, n, mode)
+    valid = q >= 0
+    base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
+    base = np.where(valid.any(axis=1), base, 0)
+    rel = np.where(valid, q - base[:, None], -1)
+    # Positions whose relative tap pattern equals their predecessor's form a run.
+    starts = np.flatnonzero(np.concatenate(([True], (rel[1:] != rel[:-1]).any(axis=1))))
+    stops = np.append(starts[1:], len(p))
+    runs = []
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        row = rel[a]
+        offsets = sorted({int(v) for v in row if v >= 0})
+        taps = tuple(tuple(int(t) for t in np.flatnonzero(row == off)) for off in offsets)
+        runs.append(AxisRun(first + a, first + b, tuple(offsets), taps,
+                            bases=tuple(int(v) for v in base[a:b])))
+    return runs
 
 
 def _axis_plan(
     n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str, out: int
 ) -> AxisPlan:
-    """Tap table of one axis: position ``p`` reads ``map(stride*p + dilation*t - pad_lo)``."""
-    p = np.arange(out, dtype=np.int64)
-    u = stride * p[:, None] + dilation * np.arange(k, dtype=np.int64)[None, :] - pad_lo
-    q = _padded_index(u, n, mode)
-    valid = q >= 0
-    any_valid = valid.any(axis=1)
-    base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
-    base = np.where(any_valid, base, 0)
-    rel = np.where(valid, q - base[:, None], -1)
-    # Output positions whose relative tap pattern equals their predecessor's form a run.
-    starts = np.flatnonzero(np.concatenate(([True], (rel[1:] != rel[:-1]).any(axis=1))))
-    stops = np.append(starts[1:], out)
-    runs = []
-    counts = np.empty(out, dtype=np.int64)
-    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-        row = rel[start]
-        offsets = sorted({int(v) for v in row if v >= 0})
-        taps = tuple(tuple(int(t) for t in np.flatnonzero(row == off)) for off in offsets)
-        runs.append(AxisRun(start, stop, tuple(offsets), taps))
-        counts[start:stop] = len(offsets)
-    return AxisPlan(base=base, counts=counts, runs=tuple(runs))
+    """Runs of one axis: position ``p`` reads ``map(stride*p + dilation*t - pad_lo)``."""
+    # Interior: every tap inside the input, p >= pad_lo/stride and
+    # stride*p + dilation*(k-1) - pad_lo <= n - 1.
+    first = min(-(-pad_lo // stride), out)
+    last = min((n - 1 + pad_lo - dilation * (k - 1)) // stride, out - 1)
+    if last < first:
+        return AxisPlan(tuple(_border_runs(n, k, stride, dilation, pad_lo, mode, 0, out)))
+    interior = AxisRun(
+        first, last + 1, tuple(dilation * t for t in range(k)), tuple((t,) for t in range(k)),
+        base0=stride * first - pad_lo, step=stride,
+    )
+    return AxisPlan((
+        *_border_runs(n, k, stride, dilation, pad_lo, mode, 0, first),
+        interior,
+        *_border_runs(n, k, stride, dilation, pad_lo, mode, last + 1, out),
+    ))
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -508,12 +550,15 @@ class ConvGeometry:
         return f"ConvGeometry({self.describe()}; {self.summary()})"
 
 
-def _format_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
+def _format_bytes(n: float) -> str:
+    """``n`` bytes in B, KiB, MiB or GiB."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
         if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+            break
+    return f"{n:.1f} {unit}"
 
 
 # --------------------------------------------------------------------------- constructors
@@ -554,7 +599,8 @@ def _build(
         w_out, w_in, kernel = wshape[0], wshape[1], wshape[2:]
         c_in, spatial = shape[0], shape[1:]
     else:
-        layout = "(C_in, C_out//groups, *kernel)" if transposed else "(C_out, C_in//groups, *kernel)"
+        layout = ("(C_in, C_out//groups, *kernel)" if transposed
+                  else "(C_out, C_in//groups, *kernel)")
         raise ValueError(
             f"weight.ndim={len(wshape)} (shape {wshape}) does not fit input_shape={shape}: "
             f"expected ndim {len(shape) + 1} {layout} for input (C, *spatial), or ndim "

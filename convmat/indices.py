@@ -120,7 +120,6 @@ def build_csr_arrays(
     n_in = math.prod(g.input_size)
     axis_stride = [math.prod(g.input_size[d + 1:]) for d in range(ndim)]
     totals = [p.total for p in plans]
-    prefix = [np.concatenate(([0], np.cumsum(p.counts))).tolist() for p in plans]
     nnz_ch = g.nnz_per_channel
     nnz = g.nnz
     idx_dtype = g.index_dtype
@@ -131,7 +130,6 @@ def build_csr_arrays(
     indptr = _indptr(g, xp) if indices else None
     assert indptr is None or indptr.shape == (rows + 1,)
 
-    bases = [xp.asarray(p.base.astype(idx_dtype)) for p in plans]
     tasks = []
     for runs in itertools.product(*(p.runs for p in plans)):
         ms = [r.m for r in runs]
@@ -143,7 +141,7 @@ def build_csr_arrays(
         for d, run in enumerate(runs):
             before = math.prod(ms[:d])
             after = math.prod(totals[d + 1:])
-            offset += before * prefix[d][run.start] * after
+            offset += before * plans[d].prefix(run) * after
             strides.append(before * run.m * after)
         offset *= cin_g
         strides = [cin_g * s for s in strides]
@@ -157,14 +155,14 @@ def build_csr_arrays(
             box.folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
         tasks.extend(box.split(TASK_ENTRIES))
 
-    def run(task: tuple[_Box, int, slice]) -> None:
+    def write(task: tuple[_Box, int, slice]) -> None:
         box, axis, sl = task
         index = [slice(None)] * len(box.shape)
         index[axis] = sl
         sub = tuple(index)
         if idx_arr is not None:
             view = _as_strided(xp, idx_arr, box.offset, box.shape, box.strides)[sub]
-            outer = _outer_table(box, sub, bases, groups, cin_g * n_in, axis_stride, xp, idx_dtype)
+            outer = _outer_table(box, sub, groups, cin_g * n_in, axis_stride, xp, idx_dtype)
             xp.add(outer, box.inner, out=view)
         if data_arr is not None:
             view = _as_strided(xp, data_arr, box.offset, box.shape, box.strides)[sub]
@@ -174,10 +172,10 @@ def build_csr_arrays(
     workers = threads if threads is not None else default_threads()
     if xp is np and workers > 1 and nnz >= THREADED_MIN_NNZ and len(tasks) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, tasks))
+            list(pool.map(write, tasks))
     else:
         for task in tasks:
-            run(task)
+            write(task)
     return data_arr, idx_arr, indptr
 
 
@@ -217,7 +215,7 @@ def _inner_offsets(runs: tuple[AxisRun, ...], cin_g: int, n_in: int,
     return inner.ravel()
 
 
-def _outer_table(box: _Box, sub: tuple[slice, ...], bases: list[Any], groups: int,
+def _outer_table(box: _Box, sub: tuple[slice, ...], groups: int,
                  group_cols: int, axis_stride: list[int], xp: ModuleType,
                  idx_dtype: np.dtype) -> Any:
     """First column of each row of the slab: ``g*group_cols + sum_d base_d[p_d]*N_d``."""
@@ -226,7 +224,7 @@ def _outer_table(box: _Box, sub: tuple[slice, ...], bases: list[Any], groups: in
     out = (xp.arange(groups, dtype=idx_dtype) * idx_dtype.type(group_cols))[sub[0]]
     out = out.reshape((-1,) + (1,) * (full - 1))
     for d, run in enumerate(box.runs):
-        part = bases[d][run.start:run.stop][sub[2 + d]] * idx_dtype.type(axis_stride[d])
+        part = xp.asarray((run.base(sub[2 + d]) * axis_stride[d]).astype(idx_dtype))
         shape = [1] * full
         shape[2 + d] = -1
         out = out + part.reshape(shape)
@@ -238,7 +236,7 @@ def _indptr(g: ConvGeometry, xp: ModuleType) -> Any:
     cin_g = g.in_channels // g.groups
     lengths = xp.asarray(np.array(cin_g, dtype=np.int64))
     for plan in g.axis_plans:
-        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts))
+        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts()))
     per_channel = xp.cumsum(lengths.ravel())
     starts = xp.arange(g.out_channels, dtype=np.int64) * g.nnz_per_channel
     indptr = xp.empty(g.conv_shape[0] + 1, dtype=g.index_dtype)

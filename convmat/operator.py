@@ -168,7 +168,7 @@ class ConvOperator:
 
     @property
     def dtype(self) -> np.dtype:
-        """dtype of the matrix."""
+        """Dtype of the matrix."""
         return np.dtype(self.matrix.dtype)
 
     @property
@@ -284,8 +284,9 @@ class ConvOperator:
         """
         transposed = self.geometry.transposed
         forward = self.geometry.T if transposed else self.geometry
-        weight, xp = (weight, self._xp) if self._xp is not np else (np.asarray(weight), np)
         same_backend("weight", weight, self._xp, "the operator")
+        xp = self._xp
+        weight = np.asarray(weight) if xp is np else weight
         expected = forward.weight_shape
         if tuple(weight.shape) != expected:
             raise ValueError(

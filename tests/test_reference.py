@@ -1,0 +1,103 @@
+"""W equals the naive loop reference exactly (float64, integer-valued weights)."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+import convmat
+
+from reference import conv_matrix_reference, conv_reference, trans_conv_reference
+from strategies import Case, cases, random_array, work
+
+
+def _reference_W(case, w):
+    if not case.transposed:
+        return conv_matrix_reference(w, case.input_shape, case.options["stride"], case.pads,
+                                     case.options["dilation"], case.options["groups"],
+                                     case.options["padding_mode"])[0]
+    # transposed: W_t[:, j] is the scatter of the j-th basis vector
+    cols = int(np.prod(case.input_shape))
+    columns = []
+    for j in range(cols):
+        e = np.zeros(cols)
+        e[j] = 1.0
+        y = trans_conv_reference(e.reshape(case.input_shape), w, case.options["stride"],
+                                 case.pads, case.options["dilation"], case.options["groups"],
+                                 case.options["padding_mode"], case.output_padding)
+        columns.append(y.ravel())
+    return np.stack(columns, axis=1)
+
+
+def _build(case, w):
+    if case.transposed:
+        return convmat.conv_transpose_matrix(w, case.input_shape, **case.options)
+    return convmat.conv_matrix(w, case.input_shape, **case.options)
+
+
+@given(case=cases(), seed=st.integers(0, 2**32 - 1))
+@example(case=Case((1, 1, 3), (1, 3), dict(stride=(1,), padding=((2, 2),), dilation=(1,),
+                                          groups=1, padding_mode="reflect"), [(2, 2)]), seed=0)
+@example(case=Case((1, 1, 3), (1, 1), dict(stride=(1,), padding=((1, 1),), dilation=(1,),
+                                          groups=1, padding_mode="replicate"), [(1, 1)]), seed=0)
+def test_conv_matrix_equals_reference(case, seed):
+    assume(work(case) < 200_000)
+    w = random_array(np.random.default_rng(seed), case.weight_shape, "float64", integer=True)
+    W = _build(case, w)
+    W.check_format(full_check=True)
+    assert W.has_canonical_format
+    ref = _reference_W(case, w)
+    assert W.shape == ref.shape
+    np.testing.assert_array_equal(W.toarray(), ref)
+
+
+@given(case=cases(transposed=True), seed=st.integers(0, 2**32 - 1))
+def test_conv_transpose_matrix_equals_scatter_reference(case, seed):
+    assume(work(case) < 100_000)
+    w = random_array(np.random.default_rng(seed), case.weight_shape, "float64", integer=True)
+    W = _build(case, w)
+    W.check_format(full_check=True)
+    ref = _reference_W(case, w)
+    assert W.shape == ref.shape
+    np.testing.assert_array_equal(W.toarray(), ref)
+
+
+@given(case=cases(), seed=st.integers(0, 2**32 - 1))
+def test_conv_of_x_equals_reference(case, seed):
+    assume(work(case) < 200_000)
+    rng = np.random.default_rng(seed)
+    w = random_array(rng, case.weight_shape, "float64")
+    x = rng.standard_normal((2, *case.input_shape))
+    y = convmat.conv(x, w, **case.options)
+    for i in range(2):
+        ref = conv_reference(x[i], w, case.options["stride"], case.pads,
+                             case.options["dilation"], case.options["groups"],
+                             case.options["padding_mode"])
+        assert y[i].shape == ref.shape
+        scale = np.abs(w).sum() * np.abs(x[i]).max()
+        np.testing.assert_allclose(y[i], ref, rtol=0, atol=64 * np.finfo(float).eps * scale)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("ndim", [1, 2, 3, 4])
+def test_padding_modes_all_ranks(mode, ndim):
+    """Fixed cases, including 4 spatial axes, against the loop reference."""
+    rng = np.random.default_rng(ndim)
+    k = (3, 2, 3, 2)[:ndim]
+    n = (5, 4, 3, 3)[:ndim]
+    pads = [(2, 1), (1, 1), (1, 2), (0, 1)][:ndim]
+    w = rng.integers(-3, 4, size=(2, 1, *k)).astype(float)
+    W = convmat.conv_matrix(w, (2, *n), padding=pads, groups=2, padding_mode=mode,
+                            stride=(1, 2, 1, 2)[:ndim])
+    ref, _ = conv_matrix_reference(w, (2, *n), (1, 2, 1, 2)[:ndim], pads, (1,) * ndim, 2, mode)
+    W.check_format(full_check=True)
+    np.testing.assert_array_equal(W.toarray(), ref)
+
+
+def test_all_padding_positions_empty_rows():
+    """Padding wider than the kernel span gives rows with no entries (zeros mode)."""
+    w = np.array([1.0, 2.0])
+    W = convmat.conv_matrix(w, (3,), padding=4)
+    ref, _ = conv_matrix_reference(w[None, None], (1, 3), (1,), [(4, 4)], (1,), 1, "zeros")
+    np.testing.assert_array_equal(W.toarray(), ref)
+    assert (np.diff(W.indptr) == 0).sum() == 6
