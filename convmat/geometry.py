@@ -137,12 +137,11 @@ class AxisRun:
         """Distinct input indices read by each output position of the run."""
         return len(self.offsets)
 
-    def base(self, positions: slice = slice(None)) -> np.ndarray:
-        """Smallest input index read, for the run's positions ``positions`` (int64)."""
+    def base(self, positions: np.ndarray) -> np.ndarray:
+        """Smallest input index read at ``positions`` (int64, relative to ``start``)."""
         if self.bases is not None:
             return np.asarray(self.bases, dtype=np.int64)[positions]
-        index = np.arange(self.size, dtype=np.int64)[positions]
-        return self.base0 + self.step * index
+        return self.base0 + self.step * positions
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -26,6 +26,7 @@ releases the GIL in these bulk operations).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -43,9 +44,10 @@ __all__ = ["build_csr_arrays", "fold_weight"]
 TASK_ENTRIES = 1 << 21
 #: Below this many entries, build on the calling thread only.
 THREADED_MIN_NNZ = 1 << 20
-#: Rows shorter than this are written through a tile of whole last-axis lines, so that the
-#: innermost loop NumPy runs is long.
+#: Rows shorter than this are written in blocks of consecutive rows (see ``_last_axis_spans``)
+#: of about ``BLOCKED_ROW`` entries, so that the innermost loop NumPy runs is long.
 SHORT_ROW = 64
+BLOCKED_ROW = 1024
 
 
 def default_threads() -> int:
@@ -136,24 +138,33 @@ def build_csr_arrays(
         if 0 in ms:
             continue
         row_len = cin_g * math.prod(ms)
-        offset = 0
-        strides = []
-        for d, run in enumerate(runs):
-            before = math.prod(ms[:d])
-            after = math.prod(totals[d + 1:])
-            offset += before * plans[d].prefix(run) * after
-            strides.append(before * run.m * after)
-        offset *= cin_g
-        strides = [cin_g * s for s in strides]
-        shape = (groups, cout_g, *(r.size for r in runs), row_len)
-        strides_all = (cout_g * nnz_ch, nnz_ch, *strides, 1)
-        box = _Box(runs, shape, strides_all, offset)
-        if idx_arr is not None:
-            box.inner = xp.asarray(_inner_offsets(runs, cin_g, n_in, axis_stride).astype(idx_dtype))
+        inner = _inner_offsets(runs, cin_g, n_in, axis_stride) if idx_arr is not None else None
+        folded = None
         if data_arr is not None:
             f = fold_weight(weight, runs, xp)
-            box.folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
-        tasks.extend(box.split(TASK_ENTRIES))
+            folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
+        for last in _last_axis_spans(runs[-1], row_len):
+            spans = (*(_Span(r, 0, r.size, 1) for r in runs[:-1]), last)
+            offset = 0
+            strides = []
+            for d, span in enumerate(spans):
+                before = math.prod(ms[:d])
+                after = math.prod(totals[d + 1:])
+                offset += before * (plans[d].prefix(span.run) + span.first * span.run.m) * after
+                strides.append(cin_g * before * span.run.m * after * span.block)
+            shape = (groups, cout_g, *(s.count for s in spans), row_len * last.block)
+            box = _Box(spans, shape, (cout_g * nnz_ch, nnz_ch, *strides, 1), cin_g * offset)
+            if inner is not None:
+                tiled = inner
+                if last.block > 1:  # consecutive rows of an affine run: shift by the step
+                    shift = np.arange(last.block, dtype=np.int64) * (
+                        last.run.step * axis_stride[-1])
+                    tiled = (shift[:, None] + inner[None, :]).ravel()
+                box.inner = xp.asarray(tiled.astype(idx_dtype))
+            if folded is not None:
+                box.folded = folded if last.block == 1 else xp.tile(
+                    folded, (1,) * (ndim + 2) + (last.block,))
+            tasks.extend(box.split(TASK_ENTRIES))
 
     def write(task: tuple[_Box, int, slice]) -> None:
         box, axis, sl = task
@@ -179,15 +190,49 @@ def build_csr_arrays(
     return data_arr, idx_arr, indptr
 
 
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    """Positions ``first + block*i`` (``i < count``) of ``run``; ``block`` rows per position."""
+
+    run: AxisRun
+    first: int
+    count: int
+    block: int
+
+    def base(self, sl: slice) -> np.ndarray:
+        """First input index read by the positions ``sl`` of the span."""
+        return self.run.base(np.arange(self.count, dtype=np.int64)[sl] * self.block
+                             + self.first)
+
+
+def _last_axis_spans(run: AxisRun, row_len: int) -> list[_Span]:
+    """The last axis' run, cut so that short rows of an affine run go in blocks.
+
+    Rows shorter than ``SHORT_ROW`` make NumPy's innermost loop short; ``block``
+    consecutive rows of an affine run differ only by a shift, so they are written as one
+    long row of ``block * row_len`` entries (and the remainder separately).
+    """
+    if row_len >= SHORT_ROW or run.bases is not None:
+        return [_Span(run, 0, run.size, 1)]
+    block = max(1, BLOCKED_ROW // row_len)
+    full = run.size // block
+    if full == 0:
+        return [_Span(run, 0, run.size, 1)]
+    spans = [_Span(run, 0, full, block)]
+    if run.size > full * block:
+        spans.append(_Span(run, full * block, run.size - full * block, 1))
+    return spans
+
+
 class _Box:
-    """One product of runs: a strided view of the CSR arrays (see module docstring)."""
+    """One product of spans: a strided view of the CSR arrays (see module docstring)."""
 
     inner: Any
     folded: Any
 
-    def __init__(self, runs: tuple[AxisRun, ...], shape: tuple[int, ...],
+    def __init__(self, spans: tuple[_Span, ...], shape: tuple[int, ...],
                  strides: tuple[int, ...], offset: int) -> None:
-        self.runs = runs
+        self.spans = spans
         self.shape = shape
         self.strides = strides
         self.offset = offset
@@ -219,12 +264,12 @@ def _outer_table(box: _Box, sub: tuple[slice, ...], groups: int,
                  group_cols: int, axis_stride: list[int], xp: ModuleType,
                  idx_dtype: np.dtype) -> Any:
     """First column of each row of the slab: ``g*group_cols + sum_d base_d[p_d]*N_d``."""
-    ndim = len(box.runs)
+    ndim = len(box.spans)
     full = 2 + ndim + 1
     out = (xp.arange(groups, dtype=idx_dtype) * idx_dtype.type(group_cols))[sub[0]]
     out = out.reshape((-1,) + (1,) * (full - 1))
-    for d, run in enumerate(box.runs):
-        part = xp.asarray((run.base(sub[2 + d]) * axis_stride[d]).astype(idx_dtype))
+    for d, span in enumerate(box.spans):
+        part = xp.asarray((span.base(sub[2 + d]) * axis_stride[d]).astype(idx_dtype))
         shape = [1] * full
         shape[2 + d] = -1
         out = out + part.reshape(shape)

@@ -101,3 +101,48 @@ def test_all_padding_positions_empty_rows():
     ref, _ = conv_matrix_reference(w[None, None], (1, 3), (1,), [(4, 4)], (1,), 1, "zeros")
     np.testing.assert_array_equal(W.toarray(), ref)
     assert (np.diff(W.indptr) == 0).sum() == 6
+
+
+def _stress():
+    """Builder knobs set so that small cases take every path: blocks, slabs, threads."""
+    from unittest import mock
+
+    import convmat.indices as ind
+
+    return mock.patch.multiple(ind, TASK_ENTRIES=7, THREADED_MIN_NNZ=0, BLOCKED_ROW=5,
+                               SHORT_ROW=64)
+
+
+@given(case=cases(), seed=st.integers(0, 2**32 - 1))
+def test_blocked_sliced_threaded_build_equals_reference(case, seed):
+    assume(work(case) < 200_000)
+    w = random_array(np.random.default_rng(seed), case.weight_shape, "float64", integer=True)
+    with _stress():
+        W = _build(case, w)
+    W.check_format(full_check=True)
+    np.testing.assert_array_equal(W.toarray(), _reference_W(case, w))
+
+
+@pytest.mark.parametrize(
+    "weight_shape, input_shape, options",
+    [
+        ((1, 1, 3), (1, 700), dict(padding=1)),
+        ((2, 1, 5), (2, 600), dict(padding=((3, 1),), stride=2, groups=2, padding_mode="reflect")),
+        ((1, 1, 3, 3), (1, 12, 300), dict(padding=1, padding_mode="circular")),
+        ((1, 1, 2, 3), (1, 9, 260), dict(padding=((0, 1), (2, 0)), dilation=(1, 3),
+                                         padding_mode="replicate")),
+    ],
+)
+def test_long_rows_use_blocks_and_equal_reference(weight_shape, input_shape, options):
+    """Default knobs on lines long enough for the blocked path (rows of < 64 entries)."""
+    import convmat.indices as ind
+
+    w = random_array(np.random.default_rng(7), weight_shape, "float64", integer=True)
+    g = convmat.conv_geometry(w, input_shape, **options)
+    interior = max(g.axis_plans[-1].runs, key=lambda r: r.size)
+    assert ind._last_axis_spans(interior, 9)[0].block > 1  # the blocked path is taken
+    W = convmat.conv_matrix(w, input_shape, **options)
+    ref, _ = conv_matrix_reference(w, input_shape, g.stride, g.padding, g.dilation, g.groups,
+                                   g.padding_mode)
+    W.check_format(full_check=True)
+    np.testing.assert_array_equal(W.toarray(), ref)
