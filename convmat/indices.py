@@ -46,8 +46,8 @@ TASK_ENTRIES = 1 << 21
 THREADED_MIN_NNZ = 1 << 20
 #: Rows shorter than this are written in blocks of consecutive rows (see ``_last_axis_spans``)
 #: of about ``BLOCKED_ROW`` entries, so that the innermost loop NumPy runs is long.
-SHORT_ROW = 64
-BLOCKED_ROW = 1024
+SHORT_ROW = 512
+BLOCKED_ROW = 2048
 
 
 def default_threads() -> int:
@@ -277,14 +277,22 @@ def _outer_table(box: _Box, sub: tuple[slice, ...], groups: int,
 
 
 def _indptr(g: ConvGeometry, xp: ModuleType) -> Any:
-    """Row pointers: row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries."""
-    cin_g = g.in_channels // g.groups
-    lengths = xp.asarray(np.array(cin_g, dtype=np.int64))
+    """Row pointers: row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries.
+
+    Written in the index dtype (every partial sum is at most nnz, which fits) with one
+    channel's cumulative sum, then shifted by ``nnz_per_channel`` for the others.
+    """
+    idx = g.index_dtype
+    lengths = xp.asarray(np.array(g.in_channels // g.groups, dtype=idx))
     for plan in g.axis_plans:
-        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts()))
-    per_channel = xp.cumsum(lengths.ravel())
-    starts = xp.arange(g.out_channels, dtype=np.int64) * g.nnz_per_channel
-    indptr = xp.empty(g.conv_shape[0] + 1, dtype=g.index_dtype)
+        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts().astype(idx)))
+    per_channel = lengths.size
+    indptr = xp.empty(g.conv_shape[0] + 1, dtype=idx)
     indptr[0] = 0
-    indptr[1:].reshape(g.out_channels, -1)[...] = starts[:, None] + per_channel[None, :]
+    first = indptr[1:per_channel + 1]
+    xp.cumsum(lengths.ravel(), dtype=idx, out=first)
+    del lengths
+    for c in range(1, g.out_channels):
+        xp.add(first, idx.type(c * g.nnz_per_channel),
+               out=indptr[1 + c * per_channel:1 + (c + 1) * per_channel])
     return indptr
