@@ -16,6 +16,7 @@ machine is shared, so read ratios rather than absolute numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import math
@@ -68,10 +69,13 @@ def median_time(fn, repeats: int) -> float:
 def write_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:
     """GB/s of filling ``nbytes``: pre-touched, fresh on 1 thread, fresh on 2 threads."""
     n = nbytes // 8
-    a = np.empty(n)
-    a.fill(1.0)
-    pre = median_time(lambda: a.fill(2.0), repeats)
-    del a
+
+    def pretouched() -> float:
+        a = np.empty(n)
+        a.fill(1.0)
+        return median_time(lambda: a.fill(2.0), repeats)
+
+    pre = pretouched()
 
     def fresh1():
         b = np.empty(n)
@@ -160,17 +164,19 @@ def run(cases, repeats: int, coo: bool) -> str:
     for name, wshape, ishape, opts in cases:
         w = np.random.default_rng(0).standard_normal(wshape)
         g = convmat.conv_geometry(w, ishape, **opts)
-        t_build = median_time(lambda: convmat.conv_matrix(w, ishape, **opts), repeats)
-        t_one = median_time(lambda: build_csr_arrays(g, w, np, threads=1), repeats)
+        build = functools.partial(convmat.conv_matrix, w, ishape, **opts)
+        t_build = median_time(build, repeats)
+        t_one = median_time(functools.partial(build_csr_arrays, g, w, np, threads=1), repeats)
         rate = g.nbytes / t_build / 1e9
-        peak = peak_ratio(lambda: convmat.conv_matrix(w, ishape, **opts), g.nbytes)
+        peak = peak_ratio(build, g.nbytes)
         if coo:
             args = (w, ishape, g.stride, g.padding, g.dilation, g.groups, g.padding_mode)
             check = coo_builder(*args)
-            assert (check != convmat.conv_matrix(w, ishape, **opts)).nnz == 0
+            assert (check != build()).nnz == 0
             del check
-            t_coo = median_time(lambda: coo_builder(*args), 1)
-            coo_peak = peak_ratio(lambda: coo_builder(*args), g.nbytes)
+            baseline = functools.partial(coo_builder, *args)
+            t_coo = median_time(baseline, 1)
+            coo_peak = peak_ratio(baseline, g.nbytes)
             coo_cols = f"{t_coo:.2f} s | {t_coo / t_build:.1f}x | {peak:.2f} | {coo_peak:.2f}"
         else:
             coo_cols = f"- | - | {peak:.2f} | -"
