@@ -147,6 +147,7 @@ def run(cases, repeats: int, coo: bool) -> str:
     threads = default_threads()
     bw = write_bandwidth(1 << 30, repeats)
     fresh = bw[f"fresh alloc + fill, {min(threads, 2)} thread{'s' if threads > 1 else ''}"]
+    touched = bw["pre-touched fill, 1 thread"]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {threads} build threads; "
         f"Python {sys.version.split()[0]}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
@@ -156,9 +157,9 @@ def run(cases, repeats: int, coo: bool) -> str:
         "|---|---:|",
         *[f"| {name} | {v:.1f} |" for name, v in bw.items()],
         "",
-        "| case | nnz | CSR | build | GB/s | of fresh-fill BW | 1 thread | COO->CSR | speedup "
-        "vs COO | peak / CSR | COO peak / CSR |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | nnz | CSR | build | GB/s | / fresh fill | / pre-touched fill | 1 thread | "
+        "COO->CSR | speedup vs COO | peak / CSR | COO peak / CSR |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     for name, wshape, ishape, opts in cases:
@@ -172,7 +173,9 @@ def run(cases, repeats: int, coo: bool) -> str:
         if coo:
             args = (w, ishape, g.stride, g.padding, g.dilation, g.groups, g.padding_mode)
             check = coo_builder(*args)
-            assert (check != build()).nnz == 0
+            # same matrix; folded taps may be summed in another order (rounding only)
+            diff = abs(check - build()).max() if check.nnz else 0.0
+            assert diff <= 8 * np.finfo(w.dtype).eps * np.abs(w).sum(), diff
             del check
             baseline = functools.partial(coo_builder, *args)
             t_coo = median_time(baseline, 1)
@@ -182,6 +185,7 @@ def run(cases, repeats: int, coo: bool) -> str:
             coo_cols = f"- | - | {peak:.2f} | -"
         line = (f"| {name} | {g.nnz / 1e6:.1f} M | {g.nbytes / 2**20:,.0f} MiB | "
                 f"{t_build * 1e3:.0f} ms | {rate:.1f} | {rate / fresh:.2f} | "
+                f"{rate / touched:.2f} | "
                 f"{g.nbytes / t_one / 1e9:.1f} GB/s | {coo_cols} |")
         print(line, flush=True)
         lines.append(line)

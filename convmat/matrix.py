@@ -273,8 +273,11 @@ def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, 
     max_bytes = options.pop("max_bytes", None)
     make = conv_transpose_geometry if transposed else conv_geometry
     weight, xp, geometry = prepare(weight, lambda w: make(w, tuple(xb.shape[1:]), **options))
-    check_memory(geometry, max_bytes)
-    w = assemble(geometry, weight, xp)
+    # One product: a transposed conv uses the forward CSR's transposed view (no conversion).
+    forward = geometry.T if transposed else geometry
+    check_memory(forward, max_bytes)
+    w = assemble(forward, weight, xp)
+    w = w.T if transposed else w
     flat = xb.reshape(xb.shape[0], -1)
     y = (w @ flat.T).T.reshape((xb.shape[0], *geometry.output_shape))
     return y[0] if unbatched else y

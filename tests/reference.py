@@ -33,6 +33,18 @@ def pad_index(u, n, mode):
     raise ValueError(mode)
 
 
+def tap_source(p, t, stride, dilation, padding, sizes, mode):
+    """Input multi-index that output ``p`` reads through tap ``t``, or None (dropped)."""
+    idx = []
+    for d in range(len(sizes)):
+        u = stride[d] * p[d] + dilation[d] * t[d] - padding[d][0]
+        q = pad_index(u, sizes[d], mode)
+        if q is None:
+            return None
+        idx.append(q)
+    return tuple(idx)
+
+
 def _out_size(n, k, s, d, lo, hi):
     size = 0
     while s * size + d * (k - 1) <= n + lo + hi - 1:
@@ -63,14 +75,8 @@ def conv_matrix_reference(w, input_shape, stride, padding, dilation, groups, mod
             for cl in range(cin_g):
                 ci = g * cin_g + cl
                 for t in itertools.product(*[range(kk) for kk in k]):
-                    idx = []
-                    for d in range(D):
-                        u = stride[d] * p[d] + dilation[d] * t[d] - padding[d][0]
-                        q = pad_index(u, n[d], mode)
-                        if q is None:
-                            break
-                        idx.append(q)
-                    else:
+                    idx = tap_source(p, t, stride, dilation, padding, n, mode)
+                    if idx is not None:
                         col = ci
                         for d in range(D):
                             col = col * n[d] + idx[d]
@@ -94,14 +100,8 @@ def conv_reference(x, w, stride, padding, dilation, groups, mode):
             acc = 0
             for cl in range(cin_g):
                 for t in itertools.product(*[range(kk) for kk in k]):
-                    idx = []
-                    for d in range(D):
-                        u = stride[d] * p[d] + dilation[d] * t[d] - padding[d][0]
-                        q = pad_index(u, n[d], mode)
-                        if q is None:
-                            break
-                        idx.append(q)
-                    else:
+                    idx = tap_source(p, t, stride, dilation, padding, n, mode)
+                    if idx is not None:
                         acc += w[(co, cl) + t] * x[(g * cin_g + cl, *idx)]
             y[(co, *p)] = acc
     return y
@@ -129,13 +129,8 @@ def trans_conv_reference(y, w, stride, padding, dilation, groups, mode, output_p
         for p in itertools.product(*[range(mm) for mm in m]):
             for cl in range(cout_g):
                 for t in itertools.product(*[range(kk) for kk in k]):
-                    idx = []
-                    for d in range(D):
-                        u = stride[d] * p[d] + dilation[d] * t[d] - padding[d][0]
-                        q = pad_index(u, out[d], mode)
-                        if q is None:
-                            break
-                        idx.append(q)
-                    else:
+                    # scatter: input p spreads to output stride*p + dilation*t - lo
+                    idx = tap_source(p, t, stride, dilation, padding, out, mode)
+                    if idx is not None:
                         Y[(g * cout_g + cl, *idx)] += y[(ci, *p)] * w[(ci, cl) + t]
     return Y
