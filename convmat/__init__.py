@@ -13,18 +13,22 @@ from .geometry import (
     output_shape,
 )
 from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
-from .operator import ConvOperator
+from .operator import ConvOperator, gradient_operator
+from .solvers import DeconvolutionResult, deconvolve
 
 __all__ = [
     "ConvGeometry",
     "ConvMatrixTooLarge",
     "ConvOperator",
+    "DeconvolutionResult",
     "conv",
     "conv_geometry",
     "conv_matrix",
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_matrix",
+    "deconvolve",
+    "gradient_operator",
     "output_shape",
 ]
 

@@ -21,7 +21,7 @@ from .geometry import (
 from .indices import build_csr_arrays
 from .matrix import _check_finite, _conv_weight, assemble, from_arrays, prepare
 
-__all__ = ["ConvOperator"]
+__all__ = ["ConvOperator", "gradient_operator"]
 
 
 class ConvOperator:
@@ -309,3 +309,50 @@ class ConvOperator:
             f"ConvOperator({g.describe()}; shape={self.shape}, nnz={self.nnz:,}, "
             f"dtype={self.dtype}, {_format_bytes(self.nbytes)}{backend})"
         )
+
+
+def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
+                      dtype: Any = np.float64) -> ConvOperator:
+    """Forward differences along every spatial axis, as one convolution operator.
+
+    ``input_shape`` is ``(C, *spatial)``; give ``ndim=len(input_shape)`` for a spatial-only
+    shape (one channel: the operator's ``input_shape`` is then ``(1, *spatial)``, which
+    ravels the same). With ``D`` spatial axes the output is ``(C*D, *spatial)``: channel
+    ``c*D + d`` holds ``x[c, ..., i+1, ...] - x[c, ..., i, ...]`` along axis ``d``, and zero at
+    the last index
+    (replicate boundary: a Neumann condition). It is the convolution with weight
+    ``(C*D, 1, 2, ..., 2)``, ``groups=C``, padding ``(0, 1)`` per axis, ``'replicate'``
+    mode: the ``[-1, 1]`` kernel along each axis. The unused taps of the ``2 x ... x 2``
+    kernel are stored as zeros (the pattern depends on the geometry only).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> D = gradient_operator((2, 3), ndim=2)
+    >>> D.output_shape
+    (2, 2, 3)
+    >>> D @ np.array([[[0., 1., 3.], [4., 4., 4.]]])
+    array([[[ 4.,  3.,  1.],
+            [ 0.,  0.,  0.]],
+    <BLANKLINE>
+           [[ 1.,  2.,  0.],
+            [ 0.,  0.,  0.]]])
+    """
+    shape = tuple(input_shape)
+    if ndim is None:
+        ndim = len(shape) - 1
+    if ndim not in (len(shape), len(shape) - 1) or ndim < 1:
+        raise ValueError(
+            f"ndim={ndim} spatial axes does not fit input_shape={shape}: use len(input_shape) "
+            "(spatial only) or len(input_shape) - 1 (channels first)"
+        )
+    spatial = shape[len(shape) - ndim:]
+    channels = 1 if ndim == len(shape) else shape[0]
+    kernels = np.zeros((ndim,) + (2,) * ndim, dtype=dtype)
+    for d in range(ndim):
+        kernels[(d,) + (0,) * ndim] = -1
+        kernels[(d,) + tuple(1 if e == d else 0 for e in range(ndim))] = 1
+    weight = np.tile(kernels[:, None], (channels, 1) + (1,) * ndim)
+    full_shape = (channels, *spatial)
+    return ConvOperator(weight, full_shape, padding=((0, 1),) * ndim, groups=channels,
+                        padding_mode="replicate")
