@@ -166,7 +166,15 @@ class AxisPlan:
 
     def prefix(self, run: AxisRun) -> int:
         """Entries along this axis for the positions before ``run``."""
-        return sum(r.size * r.m for r in self.runs if r.start < run.start)
+        return self._prefixes[run.start]
+
+    @functools.cached_property
+    def _prefixes(self) -> dict[int, int]:
+        out, total = {}, 0
+        for r in self.runs:
+            out[r.start] = total
+            total += r.size * r.m
+        return out
 
 
 def _border_runs(n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str,
@@ -507,13 +515,39 @@ class ConvGeometry:
     def peak_bytes(self) -> int:
         """Upper bound of the memory the build holds at its peak.
 
-        The forward matrix is written in place (CSR plus bounded workspace); a transposed
-        matrix is converted from it, so both CSRs are alive at once.
+        The matrix is written in place (CSR plus bounded workspace). A transposed matrix is
+        written directly when ``W.T`` is itself a convolution (stride 1, zero padding);
+        otherwise it is converted from the forward CSR, so both are alive at once.
         """
         forward = self._csr_bytes(self.conv_shape[0])
-        if self.transposed:
+        if self.transposed and self.adjoint is None:
             return forward + self._csr_bytes(self.conv_shape[1]) + _WORKSPACE_BYTES
-        return forward + min(_WORKSPACE_BYTES, forward)
+        return self.nbytes + min(_WORKSPACE_BYTES, forward // 4)
+
+    @property
+    def adjoint(self) -> ConvGeometry | None:
+        """The convolution whose matrix is this one's transpose, when there is one.
+
+        With stride 1 and zero padding, ``W.T`` correlates with the flipped kernel (channels
+        swapped within each group) under padding ``lo' = dilation*(k-1) - lo`` and
+        ``hi' = n - out + lo`` (so that its output is the forward input ``n``); it exists
+        when both are >= 0. Strided or mode-padded convolutions have none (None). Describes
+        the forward matrix whatever ``transposed`` says.
+        """
+        if self.padding_mode != "zeros" or any(s != 1 for s in self.stride):
+            return None
+        pads = tuple(
+            (d * (k - 1) - lo, n - o + lo)
+            for n, o, k, d, (lo, _) in zip(self.input_size, self.output_size, self.kernel_size,
+                                           self.dilation, self.padding, strict=True)
+        )
+        if any(lo < 0 or hi < 0 for lo, hi in pads):
+            return None
+        return dataclasses.replace(
+            self, in_channels=self.out_channels, out_channels=self.in_channels,
+            input_size=self.output_size, output_size=self.input_size, padding=pads,
+            transposed=False,
+        )
 
     def _csr_bytes(self, rows: int) -> int:
         idx = self.index_dtype.itemsize

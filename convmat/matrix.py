@@ -56,9 +56,26 @@ def assemble(geometry: ConvGeometry, weight: Any, xp: ModuleType,
              threads: int | None = None) -> Any:
     """The CSR matrix of ``geometry`` (forward, or transposed when ``geometry.transposed``)."""
     forward = geometry.T if geometry.transposed else geometry
-    data, indices, indptr = build_csr_arrays(forward, _conv_weight(forward, weight), xp,
-                                             threads=threads)
+    weight = _conv_weight(forward, weight)
+    if geometry.transposed:
+        adjoint = forward.adjoint
+        if adjoint is not None:  # W.T is itself a convolution: write it directly
+            flipped = adjoint_weight(forward, weight, xp)
+            data, indices, indptr = build_csr_arrays(adjoint, flipped, xp, threads=threads)
+            return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
+    data, indices, indptr = build_csr_arrays(forward, weight, xp, threads=threads)
     return from_arrays(forward, data, indices, indptr, xp, transposed=geometry.transposed)
+
+
+def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
+    """Weight of ``forward.adjoint``: channels swapped per group, kernel flipped."""
+    g = forward
+    groups, cout_g, cin_g = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+    k = g.kernel_size
+    w = weight.reshape(groups, cout_g, cin_g, *k)
+    w = xp.swapaxes(w, 1, 2).reshape(g.in_channels, cout_g, *k)
+    w = xp.flip(w, axis=tuple(range(2, 2 + len(k))))
+    return xp.ascontiguousarray(w)
 
 
 def from_arrays(forward: ConvGeometry, data: Any, indices: Any, indptr: Any, xp: ModuleType,

@@ -19,7 +19,14 @@ from .geometry import (
     conv_transpose_geometry,
 )
 from .indices import build_csr_arrays
-from .matrix import _check_finite, _conv_weight, assemble, from_arrays, prepare
+from .matrix import (
+    _check_finite,
+    _conv_weight,
+    adjoint_weight,
+    assemble,
+    from_arrays,
+    prepare,
+)
 
 __all__ = ["ConvOperator", "gradient_operator"]
 
@@ -41,6 +48,8 @@ class ConvOperator:
     ----------
     matrix : scipy.sparse.csr_array
         ``W`` (for an adjoint operator, the transposed view ``W.T``, a CSC array).
+    weight : ndarray
+        The weight the operator was built from (the same array for ``.T`` and ``.H``).
     geometry : ConvGeometry
     shape, input_shape, output_shape, dtype, nnz, nbytes
 
@@ -73,6 +82,7 @@ class ConvOperator:
 
     geometry: ConvGeometry
     matrix: Any
+    weight: Any
     _xp: ModuleType
     _adjoints: dict[str, ConvOperator]
 
@@ -96,7 +106,7 @@ class ConvOperator:
             ),
         )
         check_memory(geometry, max_bytes)
-        self._set(geometry, assemble(geometry, weight, xp), xp)
+        self._set(geometry, assemble(geometry, weight, xp), xp, weight)
 
     @classmethod
     def transposed(
@@ -136,17 +146,19 @@ class ConvOperator:
         )
         forward = geometry.T
         check_memory(forward, max_bytes)
-        return cls._from(forward, assemble(forward, weight, xp), xp).T
+        return cls._from(forward, assemble(forward, weight, xp), xp, weight).T
 
     @classmethod
-    def _from(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType) -> ConvOperator:
+    def _from(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType,
+              weight: Any) -> ConvOperator:
         op = cls.__new__(cls)
-        op._set(geometry, matrix, xp)
+        op._set(geometry, matrix, xp, weight)
         return op
 
-    def _set(self, geometry: ConvGeometry, matrix: Any, xp: ModuleType) -> None:
+    def _set(self, geometry: ConvGeometry, matrix: Any, xp: ModuleType, weight: Any) -> None:
         self.geometry = geometry
         self.matrix = matrix
+        self.weight = weight
         self._xp = xp
         self._adjoints = {}
 
@@ -187,7 +199,7 @@ class ConvOperator:
     def T(self) -> ConvOperator:  # noqa: N802 - mirrors ndarray.T
         """The transposed operator (``W.T``), mapping shaped outputs back to inputs."""
         if "T" not in self._adjoints:
-            op = ConvOperator._from(self.geometry.T, self.matrix.T, self._xp)
+            op = ConvOperator._from(self.geometry.T, self.matrix.T, self._xp, self.weight)
             op._adjoints["T"] = self
             self._adjoints["T"] = op
         return self._adjoints["T"]
@@ -198,7 +210,8 @@ class ConvOperator:
         if self.dtype.kind != "c":
             return self.T
         if "H" not in self._adjoints:
-            op = ConvOperator._from(self.geometry.T, self.matrix.conj().T, self._xp)
+            op = ConvOperator._from(self.geometry.T, self.matrix.conj().T, self._xp,
+                                    self.weight)
             op._adjoints["H"] = self
             self._adjoints["H"] = op
         return self._adjoints["H"]
@@ -298,8 +311,41 @@ class ConvOperator:
         base = self.T.matrix if transposed else self.matrix
         data, _, _ = build_csr_arrays(forward, _conv_weight(forward, weight), xp, indices=False)
         w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
-        op = ConvOperator._from(forward, w, xp)
+        op = ConvOperator._from(forward, w, xp, weight)
         return op.T if transposed else op
+
+    def adjoint_csr(self) -> Any:
+        """CSR matrix of the adjoint ``W^H`` (``op.H.matrix`` is a CSC view).
+
+        ``W`` itself when ``W^H == W`` (a symmetric kernel with symmetric padding: treat the
+        result as read-only); written directly by the builder when ``W^H`` is a convolution
+        (stride 1, zero padding: the flipped kernel, see ``ConvGeometry.adjoint``); the
+        forward CSR when this operator is an adjoint; otherwise converted from ``W``.
+        Sparse products with it run at the speed of ``W @ x``, which a CSC view does not
+        always.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = ConvOperator(np.array([[0., 1.], [2., 3.]]), (3, 3))
+        >>> (op.adjoint_csr() != op.matrix.T).nnz, op.adjoint_csr().format
+        (0, 'csr')
+        """
+        g = self.geometry
+        conj = self.dtype.kind == "c"
+        if g.transposed:  # the adjoint of an adjoint is the forward CSR
+            forward = self.matrix.T
+            return forward.conj() if conj else forward
+        adjoint = g.adjoint
+        if adjoint is None:
+            return self.H.matrix.tocsr()
+        flipped = adjoint_weight(g, _conv_weight(g, self.weight), self._xp)
+        if conj:
+            flipped = flipped.conj()
+        if adjoint == g and bool(self._xp.array_equal(flipped, _conv_weight(g, self.weight))):
+            return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
+        data, indices, indptr = build_csr_arrays(adjoint, flipped, self._xp)
+        return from_arrays(adjoint, data, indices, indptr, self._xp, transposed=False)
 
     # ---------------------------------------------------------------- display
     def __repr__(self) -> str:

@@ -218,10 +218,17 @@ def test_negative_max_bytes():
 
 
 def test_transposed_peak_counts_both_matrices():
-    g = convmat.conv_transpose_geometry(WT, (4, 4, 4))
+    # strided: W.T is converted from W, both alive at once
+    g = convmat.conv_transpose_geometry(WT, (4, 4, 4), stride=2)
+    assert g.adjoint is None and g.T.adjoint is None
     assert g.peak_bytes > g.nbytes + g.T.nbytes
-    with pytest.raises(ConvMatrixTooLarge, match=r"W of shape \(108, 64\)"):
-        conv_transpose_matrix(WT, (4, 4, 4), max_bytes=g.nbytes)
+    with pytest.raises(ConvMatrixTooLarge, match=r"W of shape \(243, 64\)"):
+        conv_transpose_matrix(WT, (4, 4, 4), stride=2, max_bytes=g.nbytes)
+    # stride 1, zero padding: W.T is itself a convolution, written directly
+    g1 = convmat.conv_transpose_geometry(WT, (4, 4, 4))
+    assert g1.T.adjoint is not None
+    assert g1.peak_bytes < g1.nbytes + g1.T.nbytes
+    assert conv_transpose_matrix(WT, (4, 4, 4), max_bytes=g1.peak_bytes).shape == g1.shape
 
 
 # ------------------------------------------------------------------ functional forms

@@ -145,3 +145,39 @@ def test_one_shot_geometry_helpers():
     assert same.padding == ((4, 5),) and same.output_size == (10,)
     tg = convmat.conv_transpose_geometry((1, 1, 3), (1, 5), stride=2, output_size=(12,))
     assert tg.output_padding == (1,) and tg.output_shape == (1, 12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "complex128", "float32"])
+@pytest.mark.parametrize("options", [
+    dict(padding=1),                                    # W^H is a convolution: direct
+    dict(padding=((2, 0), (0, 1)), dilation=(2, 1)),    # direct, asymmetric, dilated
+    dict(padding=3),                                    # pads beyond the span: converted
+    dict(padding=1, stride=2),                          # strided: converted
+    dict(padding=1, padding_mode="circular"),           # mode padding: converted
+])
+def test_adjoint_csr_equals_conjugate_transpose(dtype, options):
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((4, 3, 3, 2))
+    if dtype.startswith("complex"):
+        w = w + 1j * rng.standard_normal(w.shape)
+    w = w.astype(dtype)
+    op = ConvOperator(w, (6, 7, 8), groups=2, **options)
+    direct = op.geometry.adjoint is not None
+    assert direct == (options.get("stride", 1) == 1 and "padding_mode" not in options
+                      and options["padding"] != 3)
+    for o in (op, op.T, op.H):
+        a = o.adjoint_csr()
+        assert a.format == "csr" and a.has_canonical_format and a.dtype == o.dtype
+        a.check_format(full_check=True)
+        expected = o.H.matrix.toarray()
+        np.testing.assert_array_equal(a.toarray(), expected)
+
+
+def test_adjoint_csr_of_symmetric_operator_is_the_matrix():
+    g = np.exp(-0.5 * (np.arange(5) - 2.0) ** 2)
+    op = ConvOperator(np.outer(g, g), (9, 9), padding=2)
+    assert op.adjoint_csr() is op.matrix
+    np.testing.assert_array_equal(op.matrix.toarray(), op.matrix.toarray().T)
+    asym = ConvOperator(np.outer(g, g), (9, 9), padding=((2, 1), (2, 2)))
+    assert asym.adjoint_csr() is not asym.matrix
+    np.testing.assert_array_equal(asym.adjoint_csr().toarray(), asym.matrix.T.toarray())
