@@ -173,7 +173,7 @@ def comparison_table(cases) -> list[str]:
                 else:
                     resid = np.linalg.norm(op @ x - y) / np.linalg.norm(y)
                     err = np.linalg.norm(x - truth) / np.linalg.norm(truth)
-                    line = (f"| {n}x{n} | {k}x{k} | {name} | {t:.2f} s | {iters} | "
+                    line = (f"| {n}x{n} | {k}x{k} | {name} | {t * 1e3:,.0f} ms | {iters} | "
                             f"{resid:.2e} | {err:.4f} | {base:.1f} -> {psnr(truth, x):.1f} dB |")
                 print(line, flush=True)
                 lines.append(line)

@@ -59,6 +59,18 @@ def default_threads() -> int:
     return max(1, min(n, 8))
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """The process-wide worker pool for builds and split sparse products (created once)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=default_threads(),
+                                   thread_name_prefix="convmat")
+    return _POOL
+
+
 def fold_weight(weight: Any, runs: tuple[AxisRun, ...], xp: ModuleType) -> Any:
     """Weight ``(C_out, C_in/G, *kernel)`` with each axis' taps gathered for ``runs``.
 
@@ -182,8 +194,7 @@ def build_csr_arrays(
 
     workers = threads if threads is not None else default_threads()
     if xp is np and workers > 1 and nnz >= THREADED_MIN_NNZ and len(tasks) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(write, tasks))
+        list(thread_pool().map(write, tasks))
     else:
         for task in tasks:
             write(task)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backend import array_namespace, same_backend
+from .indices import default_threads, thread_pool
 from .operator import ConvOperator, gradient_operator
 
 __all__ = ["DeconvolutionResult", "cgls", "deconvolve", "lsqr"]
@@ -126,35 +127,17 @@ class _RowBlocks:
             r0, r1, block = self.blocks[k]
             out[r0:r1] = block @ x
 
-        pending = [_pool().submit(part, k) for k in range(1, len(self.blocks))]
+        pending = [thread_pool().submit(part, k) for k in range(1, len(self.blocks))]
         part(0)
         for f in pending:
             f.result()
         return out
 
 
-_POOL: Any = None
-
-
-def _pool() -> Any:
-    """A process-wide thread pool for the row blocks of sparse products."""
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .indices import default_threads
-
-        _POOL = ThreadPoolExecutor(max_workers=max(1, default_threads() - 1),
-                                   thread_name_prefix="convmat-spmv")
-    return _POOL
-
-
 class _System:
     """``A = [W; lam*D]`` and ``b = [y; 0]``, applied without copying ``W``."""
 
     def __init__(self, op: ConvOperator, reg: Any, lam: float) -> None:
-        from .indices import default_threads
-
         threads = default_threads()
         self.w = _RowBlocks(op.matrix, threads)
         # An explicit CSR of W^H (SpMV with a CSC view is slower and cannot be split by
@@ -243,15 +226,27 @@ def _regularizer(regularizer: Any, op: ConvOperator) -> Any:
 
 
 # --------------------------------------------------------------------------- BLAS threads
+_BLAS: list[Any] = []
+
+
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
-    """Hold BLAS to one thread (``threadpoolctl``, if installed) during a solve."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    """Hold BLAS to one thread (``threadpoolctl``, if installed) during a solve.
+
+    The controller (which scans the loaded libraries, ~2 ms) is made once per process.
+    """
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _BLAS.append(None)
+        else:
+            _BLAS.append(ThreadpoolController())
+    controller = _BLAS[0]
+    if controller is None:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield
 
 
