@@ -5,6 +5,7 @@ PyTorch's semantics (stride, padding, dilation, groups, padding modes), so that 
 convolution is ``W @ x`` and the transposed convolution ``W.T @ y``.
 """
 
+from . import data
 from .geometry import (
     ConvGeometry,
     ConvMatrixTooLarge,
@@ -27,6 +28,7 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_matrix",
+    "data",
     "deconvolve",
     "gradient_operator",
     "output_shape",

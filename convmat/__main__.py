@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -41,13 +40,10 @@ def demo() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``convmat`` command."""
-    parser = argparse.ArgumentParser(
-        prog="convmat", description="Exact sparse matrices of N-d convolutions."
-    )
-    parser.parse_args(argv)
-    demo()
-    return 0
+    """Entry point of the ``convmat`` command (see :mod:`convmat.cli`)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

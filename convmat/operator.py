@@ -348,6 +348,48 @@ class ConvOperator:
         return from_arrays(adjoint, data, indices, indptr, self._xp, transposed=False)
 
     # ---------------------------------------------------------------- display
+    #: Largest matrix (stored entries) that gets a pattern thumbnail in ``_repr_html_``.
+    THUMBNAIL_MAX_NNZ = 2_000_000
+
+    def _repr_html_(self) -> str:
+        """A small table (geometry, shapes, nnz, density, bytes) and a pattern thumbnail."""
+        from html import escape
+
+        from ._thumbnail import thumbnail
+
+        g = self.geometry
+        kind = f"conv_transpose{g.ndim}d" if g.transposed else f"conv{g.ndim}d"
+        rows = [
+            ("operator", kind + ("" if self._xp is np else " (CuPy)")),
+            ("input shape", g.input_shape),
+            ("output shape", g.output_shape),
+            ("kernel", g.kernel_size),
+            ("stride", g.stride),
+            ("padding (lo, hi)", g.padding),
+            ("dilation", g.dilation),
+            ("groups", g.groups),
+            ("padding mode", g.padding_mode),
+            ("matrix shape", self.shape),
+            ("nnz", f"{self.nnz:,}"),
+            ("density", f"{self.nnz / (self.shape[0] * self.shape[1]):.3g}"),
+            ("dtype", self.dtype),
+            ("bytes", f"{self.nbytes:,} ({_format_bytes(self.nbytes)})"),
+        ]
+        if g.transposed and any(g.output_padding):
+            rows.insert(6, ("output padding", g.output_padding))
+        table = "".join(
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th>"
+            f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        image = ""
+        if self._xp is np and self.nnz <= self.THUMBNAIL_MAX_NNZ:
+            image = (f"<td style='vertical-align:top'><img src='{thumbnail(self.matrix)}' "
+                     "alt='sparsity pattern' style='image-rendering:pixelated;"
+                     "border:1px solid #ccc'/></td>")
+        return (f"<table><tr><td style='vertical-align:top'><table>{table}</table></td>"
+                f"{image}</tr></table>")
+
     def __repr__(self) -> str:
         g = self.geometry
         backend = "" if self._xp is np else ", backend=cupy"

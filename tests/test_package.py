@@ -48,7 +48,7 @@ def test_main_job_prints_the_chapter():
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff():
-    out = _run(["ruff", "check", "convmat", "tests", "benchmarks"])
+    out = _run(["ruff", "check", "convmat", "tests", "benchmarks", "notebooks"])
     assert out.returncode == 0, out.stdout + out.stderr
 
 

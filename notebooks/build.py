@@ -1,0 +1,368 @@
+"""Write the notebooks from the cells below and execute them, outputs included.
+
+Run ``python notebooks/build.py`` after changing a notebook here; the test suite executes the
+committed notebooks again (``tests/test_notebooks.py``) so they never rot.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """\
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+%matplotlib inline
+import convmat
+from convmat import viz
+np.set_printoptions(linewidth=110)"""
+
+CHAPTER = [
+    ("md", """\
+# Transposed convolution, as sparse matrices
+
+The chapter *Transposed Convolution* (MXNet Gluon, `../shared/seeds/`) retold with convmat: every
+example, the chapter's numbers reproduced (each cell checks them), and the matrices shown."""),
+    ("code", SETUP),
+    ("md", """\
+## Basic 2-D transposed convolution
+
+The chapter's `trans_conv` broadcasts every input value through the kernel."""),
+    ("code", """\
+def trans_conv(X, K):
+    h, w = K.shape
+    Y = np.zeros((X.shape[0] + h - 1, X.shape[1] + w - 1))
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            Y[i: i + h, j: j + w] += X[i, j] * K
+    return Y
+
+X = np.array([[0., 1.], [2., 3.]])
+K = np.array([[0., 1.], [2., 3.]])
+trans_conv(X, K)"""),
+    ("md", """\
+convmat builds the transposed convolution as a sparse matrix `W_t` (9x4 here) and applies it.
+`conv_transpose` is the functional form on 4-D arrays, like `nn.Conv2DTranspose`."""),
+    ("code", """\
+W_t = convmat.conv_transpose_matrix(K, X.shape)
+Y = (W_t @ X.ravel()).reshape(3, 3)
+assert (Y == [[0, 0, 1], [0, 4, 6], [4, 12, 9]]).all()
+print(Y)
+print(convmat.conv_transpose(X.reshape(1, 1, 2, 2), K.reshape(1, 1, 2, 2)))"""),
+    ("code", """\
+ax = viz.heatmap(convmat.ConvOperator.transposed(K, X.shape))
+ax.set_title("W_t: each column is the kernel placed at one input pixel");"""),
+    ("md", """\
+## Padding, strides and channels
+
+Padding removes rows and columns of the output; strides space the kernel copies apart."""),
+    ("code", """\
+X4, K4 = X.reshape(1, 1, 2, 2), K.reshape(1, 1, 2, 2)
+Y = convmat.conv_transpose(X4, K4, padding=1)
+assert Y.shape == (1, 1, 1, 1) and Y[0, 0, 0, 0] == 4
+print(Y)
+Y = convmat.conv_transpose(X4, K4, stride=2)
+assert (Y[0, 0] == [[0, 0, 0, 1], [0, 0, 2, 3], [0, 2, 0, 3], [4, 6, 6, 9]]).all()
+print(Y)"""),
+    ("md", """\
+A transposed convolution with the hyper-parameters of a convolution maps the convolution's output
+shape back to its input shape (the chapter uses 20 channels, the notebook 30)."""),
+    ("code", """\
+rng = np.random.default_rng(0)
+Xc = rng.uniform(size=(1, 10, 16, 16))
+for channels in (20, 30):
+    Yc = convmat.conv(Xc, rng.standard_normal((channels, 10, 5, 5)), padding=2, stride=3)
+    back = convmat.conv_transpose(Yc, rng.standard_normal((channels, 10, 5, 5)), padding=2, stride=3)
+    print(channels, Yc.shape, back.shape, back.shape == Xc.shape)
+    assert back.shape == Xc.shape"""),
+    ("md", """\
+## Relation to matrix multiplication
+
+A 3x3 kernel on a 4x4 input is a 4x16 matrix `W`: the chapter writes it by hand, convmat builds
+it."""),
+    ("code", """\
+Xm = np.arange(1., 17.).reshape(1, 1, 4, 4)
+Km = np.arange(1., 10.).reshape(1, 1, 3, 3)
+print(convmat.conv(Xm, Km))
+W = convmat.conv_matrix(Km, (1, 4, 4))
+assert ((W @ Xm.ravel()).reshape(2, 2) == [[348, 393], [528, 573]]).all()
+W_book, k = np.zeros((4, 16)), np.zeros(11)
+k[:3], k[4:7], k[8:] = Km[0, 0, 0, :], Km[0, 0, 1, :], Km[0, 0, 2, :]
+W_book[0, 0:11], W_book[1, 1:12], W_book[2, 4:15], W_book[3, 5:16] = k, k, k, k
+assert (W.toarray() == W_book).all()
+W"""),
+    ("code", """\
+viz.heatmap(convmat.ConvOperator(Km[0, 0], (4, 4))).set_title("W (4x16), nnz=36");"""),
+    ("md", """\
+The convolution of a (1, 3, 64, 64) input with 10 output channels, kernel 4, padding 1 and
+stride 2 halves height and width; the transposed convolution with the same hyper-parameters
+doubles them back."""),
+    ("code", """\
+op = convmat.ConvOperator(rng.standard_normal((10, 3, 4, 4)), (3, 64, 64), stride=2, padding=1)
+Xb = rng.uniform(size=(1, 3, 64, 64))
+Yb = op @ Xb
+tconv = convmat.ConvOperator.transposed(rng.standard_normal((10, 3, 4, 4)), (10, 32, 32),
+                                        stride=2, padding=1)
+print(Yb.shape, (tconv @ Yb).shape)
+assert Yb.shape == (1, 10, 32, 32) and (tconv @ Yb).shape == (1, 3, 64, 64)
+op"""),
+    ("md", """\
+## Analogy to matrix transposition
+
+`kernel2matrix` writes the 2x2 kernel on a 3x3 input as a 4x9 matrix; `W @ x` is the
+convolution and `W.T @ y` the transposed convolution."""),
+    ("code", """\
+def corr2d(X, K):
+    h, w = K.shape
+    Y = np.zeros((X.shape[0] - h + 1, X.shape[1] - w + 1))
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] = (X[i: i + h, j: j + w] * K).sum()
+    return Y
+
+def kernel2matrix(K):
+    k, W = np.zeros(5), np.zeros((4, 9))
+    k[:2], k[3:5] = K[0, :], K[1, :]
+    W[0, :5], W[1, 1:6], W[2, 3:8], W[3, 4:] = k, k, k, k
+    return W
+
+X9 = np.arange(9.).reshape(3, 3)
+Y = corr2d(X9, K)
+W = convmat.conv_matrix(K, (3, 3))
+assert (W.toarray() == kernel2matrix(K)).all()
+assert (Y == (W @ X9.ravel()).reshape(2, 2)).all() and (Y == [[19, 25], [37, 43]]).all()
+print(Y)
+print(W.toarray())"""),
+    ("code", """\
+Y = trans_conv(X, K)
+assert (Y == (W.T @ X.ravel()).reshape(3, 3)).all()
+print(Y == (W.T @ X.ravel()).reshape(3, 3))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+viz.heatmap(convmat.ConvOperator(K, (3, 3)), ax=axes[0]).set_title("W = kernel2matrix(K)")
+viz.heatmap(convmat.ConvOperator(K, (3, 3)).T, ax=axes[1]).set_title("W.T: the transposed convolution")
+fig.tight_layout()"""),
+]
+
+INSIDE = [
+    ("md", """\
+# Inside the matrix
+
+How stride, dilation, groups, padding and the padding modes shape `W`; why the transposed
+convolution of a strided convolution upsamples; and the checkerboard of `W.T`'s column sums."""),
+    ("code", SETUP),
+    ("md", """\
+## Stride and dilation
+
+Each row of `W` is the kernel laid on the input. A stride moves that copy by `stride` pixels
+from one row to the next; a dilation spreads the kernel's taps apart."""),
+    ("code", """\
+k = np.array([1., 2., 3.])
+fig, axes = plt.subplots(1, 3, figsize=(13, 2.6))
+for ax, (title, opts) in zip(axes, [("stride 1", {}), ("stride 2", dict(stride=2)),
+                                     ("dilation 2", dict(dilation=2))]):
+    viz.heatmap(convmat.ConvOperator(k, (8,), **opts), ax=ax).set_title(title)
+fig.tight_layout()"""),
+    ("md", """\
+## Channels and groups
+
+With channels `W` is a grid of blocks, one per (output channel, input channel) pair, each block
+the Toeplitz-like matrix of one kernel slice. With `groups`, blocks outside a group are empty:
+the grey lines separate channels, the red ones groups."""),
+    ("code", """\
+rng = np.random.default_rng(0)
+fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+viz.spy(convmat.ConvOperator(rng.standard_normal((4, 4, 3, 3)), (4, 6, 6), padding=1), ax=axes[0])
+axes[0].set_title("4 -> 4 channels, groups=1")
+viz.spy(convmat.ConvOperator(rng.standard_normal((4, 2, 3, 3)), (4, 6, 6), padding=1, groups=2),
+        ax=axes[1])
+axes[1].set_title("4 -> 4 channels, groups=2")
+fig.tight_layout()"""),
+    ("md", """\
+## Padding and padding modes
+
+Zero padding drops the taps that fall outside the input, so border rows are shorter. The other
+modes map those taps back into the input: `reflect` mirrors (without repeating the edge),
+`replicate` clamps to the edge, `circular` wraps. Taps folded onto the same pixel are summed:
+the footprint of the corner output pixel shows it."""),
+    ("code", """\
+K3 = np.arange(1., 10.).reshape(3, 3)
+for mode in ["zeros", "reflect", "replicate", "circular"]:
+    op = convmat.ConvOperator(K3, (5, 5), padding=1, padding_mode=mode)
+    fig = viz.footprint(op, output_index=(0, 0))
+    fig.suptitle(f"{mode}: output (0, 0) reads   (nnz of W: {op.nnz})")
+    print(mode, viz.receptive_field(op, (0, 0))[:2, :2].tolist())"""),
+    ("md", """\
+## Why the transposed convolution of a strided convolution upsamples
+
+`W.T` spreads each input value over the kernel's footprint in the larger grid: the column of
+`W` for one pixel of the small grid. With stride 2 neighbouring columns land 2 pixels apart."""),
+    ("code", """\
+K4 = np.ones((4, 4))
+op = convmat.ConvOperator(K4, (8, 8), stride=2, padding=1)   # 8x8 -> 4x4
+print("conv:", op.input_shape, "->", op.output_shape, "  W.T:", op.T.input_shape, "->",
+      op.T.output_shape)
+fig = viz.footprint(op.T, input_index=(1, 1))
+fig.suptitle("W.T: the small-grid pixel (1, 1) is spread over a 4x4 patch of the 8x8 grid");"""),
+    ("md", """\
+## The checkerboard of `W.T`'s column sums
+
+Apply `W.T` to an all-ones input: each output pixel gets the number of kernel copies that cover
+it. With kernel 3 and stride 2 the copies overlap unevenly, and the result is a checkerboard:
+the artefact transposed convolutions are known for. Kernel 4 with stride 2 overlaps evenly in
+the interior."""),
+    ("code", """\
+fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+for ax, k in zip(axes, (3, 4)):
+    t = convmat.ConvOperator.transposed(np.ones((k, k)), (8, 8), stride=2, padding=1)
+    cover = t @ np.ones((8, 8))
+    im = ax.imshow(cover, cmap="magma")
+    ax.set_title(f"kernel {k}, stride 2: W.T @ 1 -> {cover.shape}")
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    print(f"kernel {k}: distinct coverage counts in the interior:",
+          np.unique(cover[2:-2, 2:-2]))
+fig.tight_layout()"""),
+    ("md", """\
+## How big does it get?
+
+The geometry knows the exact nnz and bytes before anything is built."""),
+    ("code", """\
+for shape, kernel, opts in [((3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+                            ((64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+                            ((1, 1024, 1024), (1, 1, 9, 9), dict(padding="same"))]:
+    print(convmat.conv_geometry(kernel, shape, **opts))"""),
+]
+
+DECONV = [
+    ("md", """\
+# Deconvolution walk-through
+
+Blur a photograph with a known PSF, add noise, and recover it by least squares with convmat:
+LSQR and LSMR, Tikhonov damping, a gradient regulariser, non-negativity, convergence curves and
+an L-curve for choosing `damp`."""),
+    ("code", SETUP + """
+try:
+    from skimage.data import camera          # a real photograph shipped with scikit-image
+    truth = camera()[::4, ::4] / 255.0       # 128 x 128
+    source = "scikit-image camera"
+except ImportError:
+    truth = convmat.data.phantom(128)
+    source = "convmat phantom"
+def psnr(x):
+    return 10 * np.log10(1.0 / np.mean((x - truth) ** 2))
+print(source, truth.shape)"""),
+    ("code", """\
+g = np.exp(-0.5 * ((np.arange(9) - 4) / 2.0) ** 2)
+psf = np.outer(g, g) / np.outer(g, g).sum()
+op = convmat.ConvOperator(psf, truth.shape, padding="same", padding_mode="replicate")
+rng = np.random.default_rng(0)
+noise = 1e-3
+blurred = op @ truth + noise * rng.standard_normal(truth.shape)
+print(op)
+print(f"PSNR of the blurred image: {psnr(blurred):.2f} dB")"""),
+    ("md", """\
+## LSQR and LSMR
+
+Without regularisation, iterating too long fits the noise (semi-convergence). The history shows
+the residual falling while the error first falls, then rises."""),
+    ("code", """\
+errors = {}
+for method in ("lsqr", "cgls"):
+    errs = []
+    res = convmat.deconvolve(blurred, op, method=method, maxiter=150, history=True,
+                             callback=lambda k, xk: errs.append(psnr(xk.reshape(truth.shape))))
+    errors[method] = (res, errs)
+    print(f"{method}: {res.iterations} iterations, best PSNR {max(errs):.2f} dB at "
+          f"iteration {int(np.argmax(errs)) + 1}, final {errs[-1]:.2f} dB")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+for method, (res, errs) in errors.items():
+    axes[0].semilogy(res.history["residual_norm"], label=method)
+    axes[1].plot(errs, label=method)
+axes[0].set(xlabel="iteration", ylabel="||W x_k - y||", title="residual")
+axes[1].set(xlabel="iteration", ylabel="PSNR (dB)", title="semi-convergence")
+axes[0].legend(); axes[1].legend(); fig.tight_layout()"""),
+    ("md", """\
+Stopping on the discrepancy principle (the residual reaches the noise level) picks a good
+iterate without knowing the truth; LSMR needs about as many iterations as LSQR."""),
+    ("code", """\
+btol = 1.05 * noise * np.sqrt(truth.size) / np.linalg.norm(blurred)
+for method in ("lsqr", "lsmr"):
+    res = convmat.deconvolve(blurred, op, method=method, atol=0, btol=btol, maxiter=500)
+    print(f"{method}: {res.iterations} iterations, PSNR {psnr(res.x):.2f} dB  ({res.stop_reason})")"""),
+    ("md", """\
+## Tikhonov damping and the L-curve
+
+`damp` adds `damp^2 ||x||^2`. The L-curve plots the residual norm against the solution norm over
+`damp`; its corner balances fit and noise."""),
+    ("code", """\
+damps = np.logspace(-3.5, -0.5, 12)
+points = []
+for d in damps:
+    res = convmat.deconvolve(blurred, op, method="lsmr", damp=d, maxiter=400, atol=1e-8, btol=1e-8)
+    points.append((res.residual_norm, np.linalg.norm(res.x), psnr(res.x)))
+points = np.array(points)
+best = int(np.argmax(points[:, 2]))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+axes[0].loglog(points[:, 0], points[:, 1], "o-")
+for d, (r, s, _) in zip(damps[::3], points[::3]):
+    axes[0].annotate(f"{d:.0e}", (r, s), fontsize=7)
+axes[0].set(xlabel="||W x - y||", ylabel="||x||", title="L-curve over damp")
+axes[1].semilogx(damps, points[:, 2], "o-")
+axes[1].set(xlabel="damp", ylabel="PSNR (dB)", title=f"best damp ~ {damps[best]:.1e}")
+fig.tight_layout()"""),
+    ("md", """\
+## Gradient regularisation and non-negativity
+
+`regularizer="gradient"` penalises `lam^2 ||D x||^2`, `D` the forward differences built by
+convmat; `bounds=(0, None)` asks for `x >= 0` (SciPy's `lsq_linear` with LSMR)."""),
+    ("code", """\
+res_t = convmat.deconvolve(blurred, op, method="lsmr", damp=damps[best], maxiter=400)
+res_g = convmat.deconvolve(blurred, op, method="lsmr", regularizer="gradient", lam=0.02,
+                           maxiter=400)
+res_b = convmat.deconvolve(blurred, op, damp=damps[best], bounds=(0, 1), maxiter=60)
+images = [("truth", truth), ("blurred", blurred), ("Tikhonov", res_t.x), ("gradient", res_g.x),
+          ("bounds [0, 1]", res_b.x)]
+fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+for ax, (name, img) in zip(axes, images):
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(f"{name}" + ("" if name == "truth" else f"\\n{psnr(img):.2f} dB"))
+    ax.axis("off")
+fig.tight_layout()
+print("min of the bounded solution:", res_b.x.min())"""),
+]
+
+NOTEBOOKS = {
+    "01_transposed_convolution.ipynb": CHAPTER,
+    "02_inside_the_matrix.ipynb": INSIDE,
+    "03_deconvolution.ipynb": DECONV,
+}
+
+
+def make(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md"
+                else nbformat.v4.new_code_cell(src) for kind, src in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def main(names: list[str]) -> None:
+    for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
+        nb = make(cells)
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+        nbformat.write(nb, HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
