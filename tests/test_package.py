@@ -34,8 +34,12 @@ def test_public_api_is_explicit():
             "output_shape", "ConvGeometry", "ConvMatrixTooLarge"} <= set(convmat.__all__)
 
 
-def test_main_job_prints_the_chapter():
-    out = _run([sys.executable, "-m", "convmat"])
+def test_main_job_prints_the_chapter(tmp_path):
+    # `python -m convmat` with no command is the demo; it writes into the working folder
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "convmat"], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=tmp_path)
+    assert (tmp_path / "convmat-demo").is_dir()
     assert out.returncode == 0, out.stderr
     text = out.stdout
     # the 4x9 W of the chapter, W @ x and W.T @ x as the transposed convolution
