@@ -168,6 +168,13 @@ class AxisPlan:
         """Entries along this axis for the positions before ``run``."""
         return self._prefixes[run.start]
 
+    def prefix_at(self, position: int) -> int:
+        """Entries along this axis for the positions before ``position`` (0..out)."""
+        for r in self.runs:
+            if position < r.stop:
+                return self._prefixes[r.start] + (position - r.start) * r.m
+        return self.total
+
     @functools.cached_property
     def _prefixes(self) -> dict[int, int]:
         out, total = {}, 0

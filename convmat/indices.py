@@ -109,6 +109,7 @@ def build_csr_arrays(
     *,
     indices: bool = True,
     threads: int | None = None,
+    planes: tuple[int, int] | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(data, indices, indptr)`` of the forward convolution matrix of ``geometry``.
 
@@ -124,6 +125,11 @@ def build_csr_arrays(
         Whether to write ``indices`` and ``indptr`` (``False`` when only swapping data).
     threads : int, optional
         Worker threads (NumPy only); default :func:`default_threads`.
+    planes : (start, stop), optional
+        Build only the rows of output planes ``[start, stop)``, a plane being one
+        ``(output channel, first-axis position)`` pair, i.e. the contiguous rows
+        ``start*R .. stop*R`` with ``R = prod(output_size[1:])`` (a distributed build's
+        share). ``indptr`` then starts at 0. Default: every plane.
     """
     g = geometry
     groups = g.groups
@@ -135,14 +141,15 @@ def build_csr_arrays(
     axis_stride = [math.prod(g.input_size[d + 1:]) for d in range(ndim)]
     totals = [p.total for p in plans]
     nnz_ch = g.nnz_per_channel
-    nnz = g.nnz
     idx_dtype = g.index_dtype
-    rows = g.conv_shape[0]
+    o1 = g.output_size[0]
+    q0, q1 = planes if planes is not None else (0, g.out_channels * o1)
+    base = _plane_offset(g, q0)
+    nnz = _plane_offset(g, q1) - base
 
     data_arr = xp.empty(nnz, dtype=g.dtype) if weight is not None else None
     idx_arr = xp.empty(nnz, dtype=idx_dtype) if indices else None
-    indptr = _indptr(g, xp) if indices else None
-    assert indptr is None or indptr.shape == (rows + 1,)
+    indptr = _indptr(g, xp, q0, q1) if indices else None
 
     tasks = []
     for runs in itertools.product(*(p.runs for p in plans)):
@@ -155,28 +162,37 @@ def build_csr_arrays(
         if data_arr is not None:
             f = fold_weight(weight, runs, xp)
             folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
-        for last in _last_axis_spans(runs[-1], row_len):
-            spans = (*(_Span(r, 0, r.size, 1) for r in runs[:-1]), last)
-            offset = 0
-            strides = []
-            for d, span in enumerate(spans):
-                before = math.prod(ms[:d])
-                after = math.prod(totals[d + 1:])
-                offset += before * (plans[d].prefix(span.run) + span.first * span.run.m) * after
-                strides.append(cin_g * before * span.run.m * after * span.block)
-            shape = (groups, cout_g, *(s.count for s in spans), row_len * last.block)
-            box = _Box(spans, shape, (cout_g * nnz_ch, nnz_ch, *strides, 1), cin_g * offset)
-            if inner is not None:
-                tiled = inner
-                if last.block > 1:  # consecutive rows of an affine run: shift by the step
-                    shift = np.arange(last.block, dtype=np.int64) * (
-                        last.run.step * axis_stride[-1])
-                    tiled = (shift[:, None] + inner[None, :]).ravel()
-                box.inner = xp.asarray(tiled.astype(idx_dtype))
-            if folded is not None:
-                box.folded = folded if last.block == 1 else xp.tile(
-                    folded, (1,) * (ndim + 2) + (last.block,))
-            tasks.extend(box.split(TASK_ENTRIES))
+        for c0, c1, a, b in _pieces(q0, q1, o1):
+            first = _clip(runs[0], a, b)
+            if first is None:
+                continue
+            for g0, gn, j0, jn in _channel_segments(c0, c1, cout_g):
+                axes = [first, *(_Span(r, 0, r.size, 1) for r in runs[1:])]
+                for last in _last_axis_spans(axes[-1], row_len):
+                    spans = (*axes[:-1], last)
+                    offset = (g0 * cout_g + j0) * nnz_ch - base
+                    strides = []
+                    for d, span in enumerate(spans):
+                        before = math.prod(ms[:d])
+                        after = math.prod(totals[d + 1:])
+                        offset += cin_g * before * (
+                            plans[d].prefix(span.run) + span.first * span.run.m) * after
+                        strides.append(cin_g * before * span.run.m * after * span.block)
+                    shape = (gn, jn, *(s.count for s in spans), row_len * last.block)
+                    box = _Box(spans, shape, (cout_g * nnz_ch, nnz_ch, *strides, 1), offset,
+                               g0)
+                    if inner is not None:
+                        tiled = inner
+                        if last.block > 1:  # consecutive rows of an affine run: a shift
+                            shift = np.arange(last.block, dtype=np.int64) * (
+                                last.run.step * axis_stride[-1])
+                            tiled = (shift[:, None] + inner[None, :]).ravel()
+                        box.inner = xp.asarray(tiled.astype(idx_dtype))
+                    if folded is not None:
+                        f = folded[g0:g0 + gn, j0:j0 + jn]
+                        box.folded = f if last.block == 1 else xp.tile(
+                            f, (1,) * (ndim + 2) + (last.block,))
+                    tasks.extend(box.split(TASK_ENTRIES))
 
     def write(task: tuple[_Box, int, slice]) -> None:
         box, axis, sl = task
@@ -185,7 +201,7 @@ def build_csr_arrays(
         sub = tuple(index)
         if idx_arr is not None:
             view = _as_strided(xp, idx_arr, box.offset, box.shape, box.strides)[sub]
-            outer = _outer_table(box, sub, groups, cin_g * n_in, axis_stride, xp, idx_dtype)
+            outer = _outer_table(box, sub, cin_g * n_in, axis_stride, xp, idx_dtype)
             xp.add(outer, box.inner, out=view)
         if data_arr is not None:
             view = _as_strided(xp, data_arr, box.offset, box.shape, box.strides)[sub]
@@ -199,6 +215,61 @@ def build_csr_arrays(
         for task in tasks:
             write(task)
     return data_arr, idx_arr, indptr
+
+
+def _plane_offset(g: ConvGeometry, plane: int) -> int:
+    """Entries of ``W`` before the first row of output plane ``plane``."""
+    o1 = g.output_size[0]
+    channel, p = divmod(plane, o1)
+    rest = math.prod(plan.total for plan in g.axis_plans[1:])
+    return channel * g.nnz_per_channel + (g.in_channels // g.groups) * g.axis_plans[0].prefix_at(
+        p) * rest
+
+
+def _pieces(q0: int, q1: int, o1: int) -> list[tuple[int, int, int, int]]:
+    """Planes ``[q0, q1)`` as ``(c0, c1, a, b)``: channels ``[c0, c1)`` x positions ``[a, b)``.
+
+    At most three pieces, each a contiguous block of rows: the rest of a first channel,
+    whole channels, the start of a last channel.
+    """
+    pieces = []
+    q = q0
+    while q < q1:
+        c, p = divmod(q, o1)
+        if p or q1 - q < o1:  # a partial channel
+            stop = min(q1, (c + 1) * o1)
+            pieces.append((c, c + 1, p, stop - c * o1))
+            q = stop
+        else:  # whole channels
+            c_end = q1 // o1
+            pieces.append((c, c_end, 0, o1))
+            q = c_end * o1
+    return pieces
+
+
+def _channel_segments(c0: int, c1: int, cout_g: int) -> list[tuple[int, int, int, int]]:
+    """Channels ``[c0, c1)`` as ``(g0, groups, j0, per_group)`` blocks of whole-group shape."""
+    segments = []
+    c = c0
+    while c < c1:
+        g, j = divmod(c, cout_g)
+        if j or c1 - c < cout_g:  # part of one group
+            stop = min(c1, (g + 1) * cout_g)
+            segments.append((g, 1, j, stop - c))
+            c = stop
+        else:  # whole groups
+            g_end = c1 // cout_g
+            segments.append((g, g_end - g, 0, cout_g))
+            c = g_end * cout_g
+    return segments
+
+
+def _clip(run: AxisRun, a: int, b: int) -> _Span | None:
+    """The positions ``[a, b)`` of ``run`` as a span (None when they do not meet)."""
+    lo, hi = max(a, run.start), min(b, run.stop)
+    if lo >= hi:
+        return None
+    return _Span(run, lo - run.start, hi - lo, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,22 +287,23 @@ class _Span:
                              + self.first)
 
 
-def _last_axis_spans(run: AxisRun, row_len: int) -> list[_Span]:
-    """The last axis' run, cut so that short rows of an affine run go in blocks.
+def _last_axis_spans(span: _Span, row_len: int) -> list[_Span]:
+    """The last axis' span, cut so that short rows of an affine run go in blocks.
 
     Rows shorter than ``SHORT_ROW`` make NumPy's innermost loop short; ``block``
     consecutive rows of an affine run differ only by a shift, so they are written as one
     long row of ``block * row_len`` entries (and the remainder separately).
     """
+    run = span.run
     if row_len >= SHORT_ROW or run.bases is not None:
-        return [_Span(run, 0, run.size, 1)]
+        return [span]
     block = max(1, BLOCKED_ROW // row_len)
-    full = run.size // block
+    full = span.count // block
     if full == 0:
-        return [_Span(run, 0, run.size, 1)]
-    spans = [_Span(run, 0, full, block)]
-    if run.size > full * block:
-        spans.append(_Span(run, full * block, run.size - full * block, 1))
+        return [span]
+    spans = [_Span(run, span.first, full, block)]
+    if span.count > full * block:
+        spans.append(_Span(run, span.first + full * block, span.count - full * block, 1))
     return spans
 
 
@@ -242,11 +314,12 @@ class _Box:
     folded: Any
 
     def __init__(self, spans: tuple[_Span, ...], shape: tuple[int, ...],
-                 strides: tuple[int, ...], offset: int) -> None:
+                 strides: tuple[int, ...], offset: int, group0: int) -> None:
         self.spans = spans
         self.shape = shape
         self.strides = strides
         self.offset = offset
+        self.group0 = group0
 
     def split(self, max_entries: int) -> list[tuple[_Box, int, slice]]:
         """Slabs of at most about ``max_entries`` entries along the longest outer axis."""
@@ -271,13 +344,13 @@ def _inner_offsets(runs: tuple[AxisRun, ...], cin_g: int, n_in: int,
     return inner.ravel()
 
 
-def _outer_table(box: _Box, sub: tuple[slice, ...], groups: int,
-                 group_cols: int, axis_stride: list[int], xp: ModuleType,
-                 idx_dtype: np.dtype) -> Any:
+def _outer_table(box: _Box, sub: tuple[slice, ...], group_cols: int, axis_stride: list[int],
+                 xp: ModuleType, idx_dtype: np.dtype) -> Any:
     """First column of each row of the slab: ``g*group_cols + sum_d base_d[p_d]*N_d``."""
     ndim = len(box.spans)
     full = 2 + ndim + 1
-    out = (xp.arange(groups, dtype=idx_dtype) * idx_dtype.type(group_cols))[sub[0]]
+    groups = xp.arange(box.group0, box.group0 + box.shape[0], dtype=idx_dtype)
+    out = (groups * idx_dtype.type(group_cols))[sub[0]]
     out = out.reshape((-1,) + (1,) * (full - 1))
     for d, span in enumerate(box.spans):
         part = xp.asarray((span.base(sub[2 + d]) * axis_stride[d]).astype(idx_dtype))
@@ -287,23 +360,20 @@ def _outer_table(box: _Box, sub: tuple[slice, ...], groups: int,
     return out
 
 
-def _indptr(g: ConvGeometry, xp: ModuleType) -> Any:
-    """Row pointers: row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries.
+def _indptr(g: ConvGeometry, xp: ModuleType, q0: int, q1: int) -> Any:
+    """Row pointers of planes ``[q0, q1)``, from 0.
 
-    Written in the index dtype (every partial sum is at most nnz, which fits) with one
-    channel's cumulative sum, then shifted by ``nnz_per_channel`` for the others.
+    Row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries; computed in the
+    index dtype (every partial sum is at most nnz, which fits).
     """
     idx = g.index_dtype
-    lengths = xp.asarray(np.array(g.in_channels // g.groups, dtype=idx))
-    for plan in g.axis_plans:
-        lengths = xp.multiply.outer(lengths, xp.asarray(plan.counts().astype(idx)))
-    per_channel = lengths.size
-    indptr = xp.empty(g.conv_shape[0] + 1, dtype=idx)
+    plans = g.axis_plans
+    rest = np.array(g.in_channels // g.groups, dtype=idx)
+    for plan in plans[1:]:
+        rest = np.multiply.outer(rest, plan.counts().astype(idx))
+    first = plans[0].counts().astype(idx)[np.arange(q0, q1) % g.output_size[0]]
+    lengths = xp.multiply.outer(xp.asarray(first), xp.asarray(rest.ravel()))
+    indptr = xp.empty(lengths.size + 1, dtype=idx)
     indptr[0] = 0
-    first = indptr[1:per_channel + 1]
-    xp.cumsum(lengths.ravel(), dtype=idx, out=first)
-    del lengths
-    for c in range(1, g.out_channels):
-        xp.add(first, idx.type(c * g.nnz_per_channel),
-               out=indptr[1 + c * per_channel:1 + (c + 1) * per_channel])
+    xp.cumsum(lengths.ravel(), dtype=idx, out=indptr[1:])
     return indptr

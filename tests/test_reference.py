@@ -140,9 +140,34 @@ def test_long_rows_use_blocks_and_equal_reference(weight_shape, input_shape, opt
     w = random_array(np.random.default_rng(7), weight_shape, "float64", integer=True)
     g = convmat.conv_geometry(w, input_shape, **options)
     interior = max(g.axis_plans[-1].runs, key=lambda r: r.size)
-    assert ind._last_axis_spans(interior, 9)[0].block > 1  # the blocked path is taken
+    span = ind._Span(interior, 0, interior.size, 1)
+    assert ind._last_axis_spans(span, 9)[0].block > 1  # the blocked path is taken
     W = convmat.conv_matrix(w, input_shape, **options)
     ref, _ = conv_matrix_reference(w, input_shape, g.stride, g.padding, g.dilation, g.groups,
                                    g.padding_mode)
     W.check_format(full_check=True)
     np.testing.assert_array_equal(W.toarray(), ref)
+
+
+@given(case=cases(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_plane_window_build_equals_rows_of_W(case, seed, data):
+    """A distributed build's share: the rows of a range of output planes, indptr from 0."""
+    import scipy.sparse as sp
+
+    from convmat.indices import build_csr_arrays
+
+    w = random_array(np.random.default_rng(seed), case.weight_shape, "float64")
+    g = convmat.conv_geometry(w, case.input_shape, **case.options)
+    W = convmat.conv_matrix(w, case.input_shape, **case.options)
+    planes = g.out_channels * g.output_size[0]
+    q0 = data.draw(st.integers(0, planes - 1))
+    q1 = data.draw(st.integers(q0 + 1, planes))
+    rows = int(np.prod(g.output_size[1:]))
+    with _stress():
+        d, i, p = build_csr_arrays(g, w, np, planes=(q0, q1))
+    local = sp.csr_array((d, i, p), shape=((q1 - q0) * rows, W.shape[1]))
+    local.check_format(full_check=True)
+    expected = W[q0 * rows:q1 * rows]
+    np.testing.assert_array_equal(local.indptr, expected.indptr)
+    np.testing.assert_array_equal(local.indices, expected.indices)
+    np.testing.assert_array_equal(local.data, expected.data)
