@@ -1,0 +1,350 @@
+"""Convolution matrices as distributed PETSc matrices, applied and solved across MPI ranks.
+
+A leaf of the package, imported explicitly (``from convmat import petsc``); it needs
+``petsc4py`` (``pip install convmat[mpi]``, or Debian's ``python3-petsc4py``). Run a script
+that uses it on several ranks with ``mpiexec -n 4 python my_script.py``; set
+``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` for the ranks.
+
+Every rank builds only its own block of rows of ``W`` with convmat's builder restricted to a
+range of output planes (see :func:`convmat.indices.build_csr_arrays`) and hands it to PETSc
+in CSR form (``MatMPIAIJSetPreallocationCSR``: exact preallocation). No rank holds the
+global matrix.
+
+Example, run as ``mpiexec -n 4 python deblur.py``::
+
+    import numpy as np
+    from convmat import petsc
+
+    op = petsc.DistributedConvOperator(psf, (1, 256, 256, 256), padding="same")
+    res = op.lsqr(blurred, damp=1e-2)     # KSPLSQR across the ranks; res.x on every rank
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .geometry import ConvGeometry, ConvMatrixTooLarge, _format_bytes, available_memory
+from .geometry import conv_geometry as _conv_geometry
+from .indices import build_csr_arrays
+from .matrix import _conv_weight, prepare
+from .solvers import DeconvolutionResult
+
+__all__ = ["DistributedConvOperator", "conv_matrix", "plane_ranges"]
+
+
+def _petsc() -> Any:
+    try:
+        from petsc4py import PETSc
+    except ImportError as exc:
+        raise ImportError(
+            "convmat.petsc needs petsc4py: pip install convmat[mpi] (or Debian's "
+            "python3-petsc4py)"
+        ) from exc
+    return PETSc
+
+
+def plane_ranges(geometry: ConvGeometry, ranks: int) -> list[tuple[int, int]]:
+    """Output planes ``[start, stop)`` of each rank, balanced by stored entries.
+
+    A plane is one ``(output channel, first-axis position)`` pair: a contiguous block of
+    rows. Ranks get contiguous planes holding about equal numbers of entries.
+
+    Examples
+    --------
+    >>> g = _conv_geometry((1, 1, 3, 3), (1, 10, 10), padding=1)
+    >>> plane_ranges(g, 3)
+    [(0, 3), (3, 7), (7, 10)]
+    """
+    o1 = geometry.output_size[0]
+    counts = geometry.axis_plans[0].counts()
+    per_plane = np.tile(counts, geometry.out_channels).astype(np.float64)
+    cumulative = np.concatenate(([0.0], np.cumsum(per_plane)))
+    targets = cumulative[-1] * np.arange(1, ranks) / ranks
+    cuts = np.searchsorted(cumulative, targets, side="left").tolist()
+    bounds = [0, *cuts, geometry.out_channels * o1]
+    bounds = [min(max(b, 0), bounds[-1]) for b in bounds]
+    for k in range(1, len(bounds)):  # keep them ordered
+        bounds[k] = max(bounds[k], bounds[k - 1])
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def conv_matrix(
+    weight: Any,
+    input_shape: Sequence[int],
+    *,
+    comm: Any = None,
+    stride: int | Sequence[int] = 1,
+    padding: Any = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    max_bytes: int | None = None,
+) -> Any:
+    """The convolution matrix ``W`` as a PETSc ``Mat`` of type MPIAIJ on ``comm``.
+
+    Arguments as :func:`convmat.conv_matrix` (every rank passes the same ones). Rank ``r``
+    builds the rows of its :func:`plane_ranges` share only; columns are distributed by
+    PETSc. ``max_bytes`` bounds each rank's peak (its CSR share, twice while PETSc copies
+    it; default: half of the available memory). Values are cast to PETSc's scalar type.
+
+    Raises
+    ------
+    TypeError
+        A complex weight on a real PETSc build, or a CuPy weight.
+    """
+    PETSc = _petsc()
+    comm = comm if comm is not None else PETSc.COMM_WORLD
+    weight, xp, geometry = prepare(
+        weight,
+        lambda w: _conv_geometry(w, input_shape, stride=stride, padding=padding,
+                                 dilation=dilation, groups=groups, padding_mode=padding_mode),
+    )
+    return _assemble(PETSc, comm, geometry, weight, xp, max_bytes)
+
+
+def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any, xp: Any,  # noqa: N803
+              max_bytes: int | None) -> Any:
+    if xp is not np:
+        raise TypeError("convmat.petsc builds from NumPy weights (PETSc holds the matrix)")
+    scalar = np.dtype(PETSc.ScalarType)
+    if np.dtype(geometry.dtype).kind == "c" and scalar.kind != "c":
+        raise TypeError(f"weight dtype {geometry.dtype} is complex but this PETSc build's "
+                        f"scalar type is {scalar.name}")
+    size, rank = comm.getSize(), comm.getRank()
+    q0, q1 = plane_ranges(geometry, size)[rank]
+    per_plane = math.prod(geometry.output_size[1:])
+    rows, cols = geometry.conv_shape
+    index = np.dtype(PETSc.IntType)
+    from .indices import _plane_offset
+
+    local_nnz = _plane_offset(geometry, q1) - _plane_offset(geometry, q0)
+    local_rows = (q1 - q0) * per_plane
+    if max(rows, cols, geometry.nnz) >= np.iinfo(index).max:
+        raise ValueError(f"W of shape {geometry.shape} with nnz={geometry.nnz:,} needs 64-bit "
+                         f"indices but this PETSc build uses {index.name}")
+    share = local_nnz * (scalar.itemsize + index.itemsize) + (local_rows + 1) * index.itemsize
+    limit = max_bytes if max_bytes is not None else (
+        None if available_memory() is None else int(0.5 * (available_memory() or 0)))
+    if limit is not None and 2 * share > limit:
+        raise ConvMatrixTooLarge(
+            f"rank {rank}: its share of W (nnz={local_nnz:,}) needs {2 * share:,} bytes at "
+            f"peak ({_format_bytes(2 * share)}), over the limit of {limit:,} bytes"
+        )
+    geometry = geometry if geometry.dtype == scalar.name else _with_dtype(geometry, scalar)
+    w = np.ascontiguousarray(_conv_weight(geometry, weight), dtype=scalar)
+    data, indices, indptr = build_csr_arrays(geometry, w, np, planes=(q0, q1))
+    indices = indices.astype(index, copy=False)
+    indptr = indptr.astype(index, copy=False)
+    mat = PETSc.Mat().createAIJ(size=((local_rows, rows), (PETSc.DECIDE, cols)),
+                                csr=(indptr, indices, data), comm=comm)
+    mat.assemble()
+    return mat
+
+
+def _with_dtype(geometry: ConvGeometry, dtype: np.dtype) -> ConvGeometry:
+    import dataclasses
+
+    return dataclasses.replace(geometry, dtype=dtype.name)
+
+
+class DistributedConvOperator:
+    """A convolution distributed over the ranks of ``comm``: ``W`` as a PETSc MPIAIJ matrix.
+
+    ``apply`` / ``apply_transpose`` take and return whole NumPy arrays (the same on every
+    rank: convenient for small problems); ``mult`` / ``mult_transpose`` work on PETSc
+    ``Vec`` s (use them for large ones); ``lsqr`` solves with PETSc's ``KSPLSQR``.
+
+    Parameters
+    ----------
+    weight, input_shape, **options
+        As :class:`convmat.ConvOperator` (``stride``, ``padding``, ``dilation``,
+        ``groups``, ``padding_mode``, ``max_bytes``).
+    comm : PETSc communicator, optional
+        Default ``PETSc.COMM_WORLD``.
+    """
+
+    def __init__(self, weight: Any, input_shape: Sequence[int], *, comm: Any = None,
+                 **options: Any) -> None:
+        PETSc = _petsc()  # noqa: N806
+        self.comm = comm if comm is not None else PETSc.COMM_WORLD
+        max_bytes = options.pop("max_bytes", None)
+        weight, xp, geometry = prepare(
+            weight, lambda w: _conv_geometry(w, input_shape, **options))
+        self.geometry = geometry
+        self.matrix = _assemble(PETSc, self.comm, geometry, weight, xp, max_bytes)
+        self._petsc = PETSc
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Global ``(rows, cols)`` of ``W``."""
+        return self.geometry.shape
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input."""
+        return self.geometry.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output."""
+        return self.geometry.output_shape
+
+    # ---------------------------------------------------------------- PETSc vectors
+    def create_vecs(self) -> tuple[Any, Any]:
+        """``(x, y)``: PETSc vectors laid out for an input and an output."""
+        return self.matrix.createVecs()
+
+    def mult(self, x: Any, y: Any) -> None:
+        """``y = W x`` on PETSc vectors."""
+        self.matrix.mult(x, y)
+
+    def mult_transpose(self, y: Any, x: Any) -> None:
+        """``x = W^T y`` on PETSc vectors."""
+        self.matrix.multTranspose(y, x)
+
+    def to_vec(self, array: Any, *, output: bool = False) -> Any:
+        """A PETSc vector holding this rank's part of a whole array (input or output)."""
+        x, y = self.create_vecs()
+        vec = y if output else x
+        start, stop = vec.getOwnershipRange()
+        vec.array[:] = np.asarray(array, dtype=vec.array.dtype).reshape(-1)[start:stop]
+        return vec
+
+    def gather(self, vec: Any) -> np.ndarray:
+        """The whole vector on every rank, as a NumPy array."""
+        scatter, whole = self._petsc.Scatter.toAll(vec)
+        scatter.scatter(vec, whole, addv=self._petsc.InsertMode.INSERT,
+                        mode=self._petsc.ScatterMode.FORWARD)
+        out = whole.getArray().copy()
+        scatter.destroy()
+        whole.destroy()
+        return out
+
+    # ---------------------------------------------------------------- NumPy arrays
+    def apply(self, x: Any) -> np.ndarray:
+        """``W @ x`` for a whole input array (same on every rank); returns the whole output."""
+        xv, yv = self.create_vecs()
+        start, stop = xv.getOwnershipRange()
+        xv.array[:] = np.asarray(x, dtype=xv.array.dtype).reshape(-1)[start:stop]
+        self.matrix.mult(xv, yv)
+        return self.gather(yv).reshape(self.output_shape)
+
+    def apply_transpose(self, y: Any) -> np.ndarray:
+        """``W.T @ y`` for a whole output array; returns the whole input-shaped array."""
+        xv, yv = self.create_vecs()
+        start, stop = yv.getOwnershipRange()
+        yv.array[:] = np.asarray(y, dtype=yv.array.dtype).reshape(-1)[start:stop]
+        self.matrix.multTranspose(yv, xv)
+        return self.gather(xv).reshape(self.input_shape)
+
+    def gather_matrix(self) -> Any:
+        """The whole ``W`` as a ``scipy.sparse.csr_array`` on every rank (small problems)."""
+        import scipy.sparse as sp
+
+        PETSc = self._petsc  # noqa: N806
+        rows, cols = self.shape
+        every_row = PETSc.IS().createStride(rows, 0, 1, comm=PETSc.COMM_SELF)
+        every_col = PETSc.IS().createStride(cols, 0, 1, comm=PETSc.COMM_SELF)
+        (whole,) = self.matrix.createSubMatrices(every_row, every_col)
+        indptr, indices, data = whole.getValuesCSR()
+        return sp.csr_array((data.copy(), indices.copy(), indptr.copy()), shape=(rows, cols))
+
+    # ---------------------------------------------------------------- solving
+    def lsqr(self, y: Any, *, damp: float = 0.0, rtol: float = 1e-6,
+             maxiter: int | None = None, x0: Any = None) -> DeconvolutionResult:
+        """``min ||W x - y||^2 + damp^2 ||x||^2`` with PETSc's ``KSPLSQR`` across the ranks.
+
+        KSPLSQR has no damping parameter: with ``damp > 0`` it runs on the stacked shell
+        operator ``[W; damp I]`` with right-hand side ``[y; 0]``. ``rtol`` is KSP's relative
+        tolerance, which KSPLSQR's default test applies both to the residual (a consistent
+        system) and to the normal-equation residual (a least-squares solution);
+        ``rtol=0`` runs exactly ``maxiter`` iterations. Returns the
+        :class:`~convmat.DeconvolutionResult` of :func:`convmat.deconvolve`, with ``x``
+        whole on every rank.
+        """
+        PETSc = self._petsc  # noqa: N806
+        y = np.asarray(y)
+        if y.size != self.shape[0] or not np.all(np.isfinite(y)):
+            raise ValueError(
+                f"y must be finite with {self.shape[0]} entries (output shape "
+                f"{self.output_shape}), got shape {y.shape}")
+        for name, value in (("damp", damp), ("rtol", rtol)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+        n = self.shape[1]
+        maxiter = maxiter if maxiter is not None else 2 * n
+        a = self.matrix
+        b = self.to_vec(y, output=True)
+        x = self.to_vec(np.zeros(n) if x0 is None else x0)
+        if damp > 0:
+            a, b = self._damped(damp, b)
+        ksp = PETSc.KSP().create(self.comm)
+        ksp.setType(PETSc.KSP.Type.LSQR)
+        ksp.getPC().setType(PETSc.PC.Type.NONE)
+        ksp.setOperators(a)
+        ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxiter)
+        ksp.setInitialGuessNonzero(x0 is not None)
+        ksp.solve(b, x)
+        reason = ksp.getConvergedReason()
+        iterations = ksp.getIterationNumber()
+        ksp.destroy()
+        xs = self.gather(x)
+        # norms of the returned x, computed exactly
+        r = y.reshape(-1) - self.apply(xs).reshape(-1)
+        normal = self.apply_transpose(r).reshape(-1) - damp * damp * xs
+        return DeconvolutionResult(
+            x=xs.reshape(self.input_shape), method="petsc-ksplsqr", iterations=iterations,
+            stop_reason=_reason_words(PETSc, reason, maxiter), converged=reason > 0,
+            residual_norm=float(np.linalg.norm(r)),
+            normal_residual_norm=float(np.linalg.norm(normal)),
+        )
+
+    def _damped(self, damp: float, b: Any) -> tuple[Any, Any]:
+        """The shell matrix ``[W; damp I]`` and the vector ``[b; 0]``."""
+        PETSc = self._petsc  # noqa: N806
+        w = self.matrix
+        (m_local, m), (n_local, n) = w.getSizes()
+        xv, yv = w.createVecs()
+
+        class Stacked:
+            def mult(self, mat: Any, x: Any, out: Any) -> None:
+                w.mult(x, yv)
+                arr = out.getArray()
+                arr[:m_local] = yv.getArray()
+                arr[m_local:] = damp * x.getArray()
+
+            def multTranspose(self, mat: Any, u: Any, out: Any) -> None:  # noqa: N802
+                arr = u.getArray(readonly=True)
+                yv.getArray()[:] = arr[:m_local]
+                w.multTranspose(yv, out)
+                out.getArray()[:] += damp * arr[m_local:]
+
+        shell = PETSc.Mat().createPython(((m_local + n_local, m + n), (n_local, n)),
+                                         Stacked(), comm=self.comm)
+        shell.setUp()
+        stacked = shell.createVecLeft()
+        arr = stacked.getArray()
+        arr[:m_local] = b.getArray()
+        arr[m_local:] = 0.0
+        return shell, stacked
+
+
+def _reason_words(PETSc: Any, reason: int, maxiter: int) -> str:  # noqa: N803
+    names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
+    name = names.get(reason, str(reason))
+    if name == "DIVERGED_MAX_IT" or name == "DIVERGED_ITS":
+        return f"iteration limit reached (maxiter={maxiter})"
+    words = {
+        "CONVERGED_RTOL": "residual small: ||W x - y|| <= rtol ||y|| (a consistent system)",
+        "CONVERGED_RTOL_NORMAL": "least-squares solution: normal-equation residual within "
+                                 "tolerance",
+        "CONVERGED_ATOL": "residual below the absolute tolerance",
+        "CONVERGED_ATOL_NORMAL": "least-squares solution: normal-equation residual below "
+                                 "the absolute tolerance",
+        "CONVERGED_ITS": "ran the requested number of iterations",
+    }
+    return words.get(name, f"KSP: {name}")

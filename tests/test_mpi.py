@@ -1,0 +1,59 @@
+"""convmat.petsc on 1 and 2 MPI ranks, against the single-process SciPy path.
+
+The check runs in a subprocess under ``mpiexec``. It needs a Python with petsc4py: this one,
+or Debian's ``/usr/bin/python3`` with ``python3-petsc4py`` (what ``.ci/run`` installs). The
+tests skip, saying why, when none is found.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mpi_env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    if "PETSC_DIR" not in env:  # Debian's petsc4py finds PETSc through PETSC_DIR
+        found = sorted(glob.glob("/usr/lib/petscdir/petsc*/x86_64-linux-gnu-real"))
+        if found:
+            env["PETSC_DIR"] = found[-1]
+    return env
+
+
+def _find_python():
+    """A Python interpreter that imports petsc4py, and why not when there is none."""
+    if shutil.which("mpiexec") is None:
+        return None, "mpiexec is not on PATH"
+    candidates = [os.environ.get("CONVMAT_MPI_PYTHON"), sys.executable, "/usr/bin/python3"]
+    for python in dict.fromkeys(c for c in candidates if c and os.path.exists(c)):
+        code = "import petsc4py, scipy; from petsc4py import PETSc"
+        probe = subprocess.run([python, "-c", code], capture_output=True, env=_mpi_env(),
+                               timeout=60)
+        if probe.returncode == 0:
+            return python, ""
+    return None, "no Python with petsc4py found (pip install convmat[mpi], or apt-get install " \
+                 "python3-petsc4py)"
+
+
+PYTHON, WHY = _find_python()
+pytestmark = pytest.mark.skipif(PYTHON is None, reason=WHY)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_petsc_matches_scipy(ranks):
+    script = str(ROOT / "tests" / "mpi_check.py")
+    out = subprocess.run(["mpiexec", "-n", str(ranks), PYTHON, script], capture_output=True,
+                         text=True, env=_mpi_env(), timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ALL OK" in out.stdout
+    cases = [line for line in out.stdout.splitlines() if line.startswith("OK ")]
+    assert len(cases) == 5, out.stdout
+    assert f"ranks={ranks}" in out.stdout
