@@ -258,49 +258,62 @@ class DistributedConvOperator:
              maxiter: int | None = None, x0: Any = None) -> DeconvolutionResult:
         """``min ||W x - y||^2 + damp^2 ||x||^2`` with PETSc's ``KSPLSQR`` across the ranks.
 
-        KSPLSQR has no damping parameter: with ``damp > 0`` it runs on the stacked shell
-        operator ``[W; damp I]`` with right-hand side ``[y; 0]``. ``rtol`` is KSP's relative
-        tolerance, which KSPLSQR's default test applies both to the residual (a consistent
-        system) and to the normal-equation residual (a least-squares solution);
-        ``rtol=0`` runs exactly ``maxiter`` iterations. Returns the
-        :class:`~convmat.DeconvolutionResult` of :func:`convmat.deconvolve`, with ``x``
-        whole on every rank.
+        ``y`` is a whole NumPy array (the same on every rank; ``x`` comes back whole on
+        every rank) or a PETSc ``Vec`` laid out like ``create_vecs()[1]`` (for large
+        problems: ``x`` comes back as a distributed ``Vec``). KSPLSQR has no damping
+        parameter: with ``damp > 0`` it runs on the stacked shell operator ``[W; damp I]``
+        with right-hand side ``[y; 0]``. ``rtol`` is KSP's relative tolerance, which
+        KSPLSQR's default test applies both to the residual (a consistent system) and to
+        the normal-equation residual (a least-squares solution); ``rtol=0`` runs exactly
+        ``maxiter`` iterations. Returns the :class:`~convmat.DeconvolutionResult` of
+        :func:`convmat.deconvolve`.
         """
         PETSc = self._petsc  # noqa: N806
-        y = np.asarray(y)
-        if y.size != self.shape[0] or not np.all(np.isfinite(y)):
-            raise ValueError(
-                f"y must be finite with {self.shape[0]} entries (output shape "
-                f"{self.output_shape}), got shape {y.shape}")
+        distributed = isinstance(y, PETSc.Vec)
+        if distributed:
+            if y.getSize() != self.shape[0]:
+                raise ValueError(f"y has {y.getSize()} entries but W has {self.shape[0]} rows")
+            b = y.copy()
+        else:
+            y = np.asarray(y)
+            if y.size != self.shape[0] or not np.all(np.isfinite(y)):
+                raise ValueError(
+                    f"y must be finite with {self.shape[0]} entries (output shape "
+                    f"{self.output_shape}), got shape {y.shape}")
+            b = self.to_vec(y, output=True)
         for name, value in (("damp", damp), ("rtol", rtol)):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
         n = self.shape[1]
         maxiter = maxiter if maxiter is not None else 2 * n
-        a = self.matrix
-        b = self.to_vec(y, output=True)
-        x = self.to_vec(np.zeros(n) if x0 is None else x0)
-        if damp > 0:
-            a, b = self._damped(damp, b)
+        if x0 is None:
+            x, _ = self.create_vecs()
+            x.set(0.0)
+        else:
+            x = x0.copy() if isinstance(x0, PETSc.Vec) else self.to_vec(x0)
+        a, rhs = (self.matrix, b) if damp == 0 else self._damped(damp, b)
         ksp = PETSc.KSP().create(self.comm)
         ksp.setType(PETSc.KSP.Type.LSQR)
         ksp.getPC().setType(PETSc.PC.Type.NONE)
         ksp.setOperators(a)
         ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxiter)
         ksp.setInitialGuessNonzero(x0 is not None)
-        ksp.solve(b, x)
+        ksp.solve(rhs, x)
         reason = ksp.getConvergedReason()
         iterations = ksp.getIterationNumber()
         ksp.destroy()
-        xs = self.gather(x)
-        # norms of the returned x, computed exactly
-        r = y.reshape(-1) - self.apply(xs).reshape(-1)
-        normal = self.apply_transpose(r).reshape(-1) - damp * damp * xs
+        # norms of the returned x, computed exactly: r = b - W x, W^T r - damp^2 x
+        r = b.duplicate()
+        self.matrix.mult(x, r)
+        r.aypx(-1.0, b)
+        normal = x.duplicate()
+        self.matrix.multTranspose(r, normal)
+        normal.axpy(-damp * damp, x)
+        result_x = x if distributed else self.gather(x).reshape(self.input_shape)
         return DeconvolutionResult(
-            x=xs.reshape(self.input_shape), method="petsc-ksplsqr", iterations=iterations,
+            x=result_x, method="petsc-ksplsqr", iterations=iterations,
             stop_reason=_reason_words(PETSc, reason, maxiter), converged=reason > 0,
-            residual_norm=float(np.linalg.norm(r)),
-            normal_residual_norm=float(np.linalg.norm(normal)),
+            residual_norm=float(r.norm()), normal_residual_norm=float(normal.norm()),
         )
 
     def _damped(self, damp: float, b: Any) -> tuple[Any, Any]:

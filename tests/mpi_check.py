@@ -60,6 +60,12 @@ def main():
                                  atol=1e-12, btol=1e-12, maxiter=2000)
         assert res.converged, res
         np.testing.assert_allclose(res.x, ref.x, rtol=0, atol=1e-7 * np.abs(ref.x).max())
+        # the same solve on distributed vectors: x stays a Vec, norms agree
+        vec = op.to_vec(b, output=True)
+        res_vec = op.lsqr(vec, damp=0.3, rtol=1e-10, maxiter=2000)
+        assert isinstance(res_vec.x, PETSc.Vec) and res_vec.iterations == res.iterations
+        np.testing.assert_allclose(op.gather(res_vec.x), res.x.ravel(), rtol=0, atol=1e-12)
+        assert abs(res_vec.residual_norm - ref.residual_norm) <= 1e-7 * np.linalg.norm(b)
         say(f"OK {name}: ranks={SIZE} rows {rstart}:{rend} of {W.shape[0]}, "
             f"lsqr {res.iterations} iterations ({res.stop_reason})")
     say("ALL OK")
