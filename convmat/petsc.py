@@ -47,6 +47,14 @@ def _petsc() -> Any:
     return PETSc
 
 
+def _numpy_only(weight: Any) -> None:
+    from .backend import array_namespace
+
+    if array_namespace(weight) is not np:
+        raise TypeError("convmat.petsc builds from NumPy weights (PETSc holds the matrix); "
+                        "move the weight to the host first (.get())")
+
+
 def plane_ranges(geometry: ConvGeometry, ranks: int) -> list[tuple[int, int]]:
     """Output planes ``[start, stop)`` of each rank, balanced by stored entries.
 
@@ -96,6 +104,7 @@ def conv_matrix(
     TypeError
         A complex weight on a real PETSc build, or a CuPy weight.
     """
+    _numpy_only(weight)
     PETSc = _petsc()
     comm = comm if comm is not None else PETSc.COMM_WORLD
     weight, xp, geometry = prepare(
@@ -108,8 +117,6 @@ def conv_matrix(
 
 def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any, xp: Any,  # noqa: N803
               max_bytes: int | None) -> Any:
-    if xp is not np:
-        raise TypeError("convmat.petsc builds from NumPy weights (PETSc holds the matrix)")
     scalar = np.dtype(PETSc.ScalarType)
     if np.dtype(geometry.dtype).kind == "c" and scalar.kind != "c":
         raise TypeError(f"weight dtype {geometry.dtype} is complex but this PETSc build's "
@@ -169,6 +176,7 @@ class DistributedConvOperator:
 
     def __init__(self, weight: Any, input_shape: Sequence[int], *, comm: Any = None,
                  **options: Any) -> None:
+        _numpy_only(weight)
         PETSc = _petsc()  # noqa: N806
         self.comm = comm if comm is not None else PETSc.COMM_WORLD
         max_bytes = options.pop("max_bytes", None)

@@ -30,7 +30,37 @@ def say(text):
         print(text, flush=True)
 
 
+def raises(exc, text, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except exc as err:
+        assert text in str(err), (text, str(err))
+        return
+    raise AssertionError(f"{fn.__name__} did not raise {exc.__name__}: {text}")
+
+
+def check_errors():
+    w = np.ones((1, 1, 3, 3))
+    raises(TypeError, "weight dtype complex128 is complex but this PETSc build's scalar type "
+           "is float64", petsc.conv_matrix, w.astype(complex), (1, 5, 5))
+    raises(ValueError, "needs 64-bit indices but this PETSc build uses int32",
+           petsc.conv_matrix, w, (1, 40000, 40000))
+    raises(convmat.ConvMatrixTooLarge, "its share of W", petsc.conv_matrix, w, (1, 9, 9),
+           max_bytes=1000)
+    op = petsc.DistributedConvOperator(w, (1, 6, 6), padding=1)
+    raises(ValueError, "y must be finite with 36 entries (output shape (1, 6, 6)), got shape "
+           "(5,)", op.lsqr, np.ones(5))
+    raises(ValueError, "y must be finite", op.lsqr, np.full(36, np.nan))
+    raises(ValueError, "damp must be a finite number >= 0, got damp=-1.0", op.lsqr,
+           np.ones(36), damp=-1.0)
+    raises(ValueError, "rtol must be a finite number >= 0", op.lsqr, np.ones(36), rtol=np.inf)
+    _, small = petsc.DistributedConvOperator(w, (1, 4, 4), padding=1).create_vecs()
+    raises(ValueError, "y has 16 entries but W has 36 rows", op.lsqr, small)
+    say("OK errors")
+
+
 def main():
+    check_errors()
     for name, wshape, ishape, opts in CASES:
         rng = np.random.default_rng(0)
         w = rng.standard_normal(wshape)

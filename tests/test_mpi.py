@@ -44,9 +44,34 @@ def _find_python():
 
 
 PYTHON, WHY = _find_python()
-pytestmark = pytest.mark.skipif(PYTHON is None, reason=WHY)
+needs_mpi = pytest.mark.skipif(PYTHON is None, reason=WHY)
 
 
+def test_without_petsc4py_the_import_error_says_how_to_install(monkeypatch):
+    import numpy as np
+
+    from convmat import petsc
+
+    monkeypatch.setitem(sys.modules, "petsc4py", None)
+    with pytest.raises(ImportError, match=r"convmat.petsc needs petsc4py: pip install "
+                                          r"convmat\[mpi\] \(or Debian's python3-petsc4py\)"):
+        petsc.conv_matrix(np.ones((3, 3)), (5, 5))
+
+
+def test_cupy_weight_is_refused_before_petsc(monkeypatch):
+    import types
+
+    from convmat import petsc
+
+    class FakeCupyArray:
+        shape, dtype = (3, 3), "float64"
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(ndarray=FakeCupyArray))
+    with pytest.raises(TypeError, match=r"convmat.petsc builds from NumPy weights"):
+        petsc.DistributedConvOperator(FakeCupyArray(), (5, 5))
+
+
+@needs_mpi
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_petsc_matches_scipy(ranks):
     script = str(ROOT / "tests" / "mpi_check.py")
@@ -55,5 +80,5 @@ def test_petsc_matches_scipy(ranks):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ALL OK" in out.stdout
     cases = [line for line in out.stdout.splitlines() if line.startswith("OK ")]
-    assert len(cases) == 5, out.stdout
+    assert len(cases) == 6, out.stdout  # the error checks and five cases
     assert f"ranks={ranks}" in out.stdout
