@@ -31,7 +31,28 @@ from .matrix import (
 __all__ = ["ConvOperator", "gradient_operator"]
 
 
-class ConvOperator:
+class GeometryShapes:
+    """``shape``, ``input_shape`` and ``output_shape`` read from ``self.geometry``."""
+
+    geometry: ConvGeometry
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the matrix."""
+        return self.geometry.shape
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input."""
+        return self.geometry.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output."""
+        return self.geometry.output_shape
+
+
+class ConvOperator(GeometryShapes):
     """A convolution as a linear operator ``y = W @ x``, with shapes attached.
 
     Parameters
@@ -163,21 +184,6 @@ class ConvOperator:
         self._adjoints = {}
 
     # ---------------------------------------------------------------- attributes
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(rows, cols)`` of the matrix."""
-        return self.geometry.shape
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input."""
-        return self.geometry.input_shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of one output."""
-        return self.geometry.output_shape
-
     @property
     def dtype(self) -> np.dtype:
         """Dtype of the matrix."""

@@ -31,6 +31,7 @@ from .geometry import ConvGeometry, ConvMatrixTooLarge, _format_bytes, available
 from .geometry import conv_geometry as _conv_geometry
 from .indices import build_csr_arrays
 from .matrix import _conv_weight, prepare
+from .operator import GeometryShapes
 from .solvers import DeconvolutionResult
 
 __all__ = ["DistributedConvOperator", "conv_matrix", "plane_ranges"]
@@ -158,7 +159,7 @@ def _with_dtype(geometry: ConvGeometry, dtype: np.dtype) -> ConvGeometry:
     return dataclasses.replace(geometry, dtype=dtype.name)
 
 
-class DistributedConvOperator:
+class DistributedConvOperator(GeometryShapes):
     """A convolution distributed over the ranks of ``comm``: ``W`` as a PETSc MPIAIJ matrix.
 
     ``apply`` / ``apply_transpose`` take and return whole NumPy arrays (the same on every
@@ -185,21 +186,6 @@ class DistributedConvOperator:
         self.geometry = geometry
         self.matrix = _assemble(PETSc, self.comm, geometry, weight, xp, max_bytes)
         self._petsc = PETSc
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Global ``(rows, cols)`` of ``W``."""
-        return self.geometry.shape
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input."""
-        return self.geometry.input_shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of one output."""
-        return self.geometry.output_shape
 
     # ---------------------------------------------------------------- PETSc vectors
     def create_vecs(self) -> tuple[Any, Any]:
