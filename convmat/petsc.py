@@ -64,9 +64,13 @@ def plane_ranges(geometry: ConvGeometry, ranks: int) -> list[tuple[int, int]]:
 
     Examples
     --------
+    A 3x3 kernel with padding 1 on 10 rows: the first and last planes read 2 rows, the
+    others 3, so the cumulative entries per plane are 2, 5, 8, 11, ..., 26, 28, and each cut
+    falls at the first plane boundary reaching 28/3 and 2*28/3 (11, 9 and 8 rows' worth):
+
     >>> g = _conv_geometry((1, 1, 3, 3), (1, 10, 10), padding=1)
     >>> plane_ranges(g, 3)
-    [(0, 3), (3, 7), (7, 10)]
+    [(0, 4), (4, 7), (7, 10)]
     """
     o1 = geometry.output_size[0]
     counts = geometry.axis_plans[0].counts()
