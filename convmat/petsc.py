@@ -6,9 +6,10 @@ that uses it on several ranks with ``mpiexec -n 4 python my_script.py``; set
 ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` for the ranks.
 
 Every rank builds only its own block of rows of ``W`` with convmat's builder restricted to a
-range of output planes (see :func:`convmat.indices.build_csr_arrays`) and hands it to PETSc
-in CSR form (``MatMPIAIJSetPreallocationCSR``: exact preallocation). No rank holds the
-global matrix.
+range of output planes (see :func:`convmat.indices.build_csr_arrays`), in chunks of about
+``CHUNK_BYTES``: a first pass counts each row's entries for an exact preallocation, a second
+inserts the rows chunk by chunk (``setValuesIJV`` at their global row numbers), so a rank
+holds PETSc's copy of its share plus one chunk. No rank holds the global matrix.
 
 Example, run as ``mpiexec -n 4 python deblur.py``::
 
@@ -100,9 +101,9 @@ def conv_matrix(
     """The convolution matrix ``W`` as a PETSc ``Mat`` of type MPIAIJ on ``comm``.
 
     Arguments as :func:`convmat.conv_matrix` (every rank passes the same ones). Rank ``r``
-    builds the rows of its :func:`plane_ranges` share only; columns are distributed by
-    PETSc. ``max_bytes`` bounds each rank's peak (its CSR share, twice while PETSc copies
-    it; default: half of the available memory). Values are cast to PETSc's scalar type.
+    builds the rows of its :func:`plane_ranges` share only, in chunks; columns are
+    distributed by PETSc. ``max_bytes`` bounds each rank's peak (its CSR share plus one
+    chunk; default: half of the available memory). Values are cast to PETSc's scalar type.
 
     Raises
     ------
@@ -139,22 +140,76 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any, xp: An
         raise ValueError(f"W of shape {geometry.shape} with nnz={geometry.nnz:,} needs 64-bit "
                          f"indices but this PETSc build uses {index.name}")
     share = local_nnz * (scalar.itemsize + index.itemsize) + (local_rows + 1) * index.itemsize
+    chunks = _chunks(geometry, q0, q1, CHUNK_BYTES)
+    peak = share + max((_chunk_bytes(geometry, a, b, scalar, index) for a, b in chunks), default=0)
     limit = max_bytes if max_bytes is not None else (
         None if available_memory() is None else int(0.5 * (available_memory() or 0)))
-    if limit is not None and 2 * share > limit:
+    if limit is not None and peak > limit:
         raise ConvMatrixTooLarge(
-            f"rank {rank}: its share of W (nnz={local_nnz:,}) needs {2 * share:,} bytes at "
-            f"peak ({_format_bytes(2 * share)}), over the limit of {limit:,} bytes"
+            f"rank {rank}: its share of W (nnz={local_nnz:,}) needs {peak:,} bytes at peak "
+            f"({_format_bytes(peak)}), over the limit of {limit:,} bytes"
         )
     geometry = geometry if geometry.dtype == scalar.name else _with_dtype(geometry, scalar)
     w = np.ascontiguousarray(_conv_weight(geometry, weight), dtype=scalar)
-    data, indices, indptr = build_csr_arrays(geometry, w, np, planes=(q0, q1))
-    indices = indices.astype(index, copy=False)
-    indptr = indptr.astype(index, copy=False)
-    mat = PETSc.Mat().createAIJ(size=((local_rows, rows), (PETSc.DECIDE, cols)),
-                                csr=(indptr, indices, data), comm=comm)
+    row0 = q0 * per_plane
+
+    mat = PETSc.Mat().create(comm=comm)
+    mat.setSizes(((local_rows, rows), (PETSc.DECIDE, cols)))
+    mat.setType(PETSc.Mat.Type.AIJ)
+    layout = PETSc.Vec().createMPI((PETSc.DECIDE, cols), comm=comm)
+    cstart, cend = layout.getOwnershipRange()
+    layout.destroy()
+    # Pass 1: exact preallocation, counting each row's entries in the diagonal block.
+    d_nnz = np.empty(local_rows, dtype=index)
+    o_nnz = np.empty(local_rows, dtype=index)
+    for a, b in chunks:
+        _, indices, indptr = build_csr_arrays(geometry, None, np, planes=(a, b))
+        inside = np.concatenate(([0], np.cumsum((indices >= cstart) & (indices < cend))))
+        lo, hi = (a - q0) * per_plane, (b - q0) * per_plane
+        d_nnz[lo:hi] = np.diff(inside[indptr])
+        o_nnz[lo:hi] = np.diff(indptr) - d_nnz[lo:hi]
+        del indices, indptr, inside
+    mat.setPreallocationNNZ((d_nnz, o_nnz))
+    del d_nnz, o_nnz
+    mat.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+    # Pass 2: insert the rows chunk by chunk at their global row numbers.
+    for a, b in chunks:
+        data, indices, indptr = build_csr_arrays(geometry, w, np, planes=(a, b))
+        rowmap = np.arange(row0 + (a - q0) * per_plane, row0 + (b - q0) * per_plane,
+                           dtype=index)
+        mat.setValuesIJV(indptr.astype(index, copy=False), indices.astype(index, copy=False),
+                         data, rowmap=rowmap)
+        del data, indices, indptr, rowmap
     mat.assemble()
     return mat
+
+
+#: Bytes of CSR built at once while streaming a rank's share into PETSc.
+CHUNK_BYTES = 64 * 2**20
+
+
+def _chunk_bytes(g: ConvGeometry, a: int, b: int, scalar: np.dtype, index: np.dtype) -> int:
+    from .indices import _plane_offset
+
+    nnz = _plane_offset(g, b) - _plane_offset(g, a)
+    rows = (b - a) * math.prod(g.output_size[1:])
+    return nnz * (scalar.itemsize + index.itemsize) + (rows + 1) * (index.itemsize + 8)
+
+
+def _chunks(g: ConvGeometry, q0: int, q1: int, budget: int) -> list[tuple[int, int]]:
+    """Planes ``[q0, q1)`` cut into runs of whole planes of about ``budget`` CSR bytes.
+
+    A plane larger than the budget is a chunk of its own.
+    """
+    if q1 <= q0:
+        return []
+    rest = (g.in_channels // g.groups) * math.prod(p.total for p in g.axis_plans[1:])
+    counts = g.axis_plans[0].counts()[np.arange(q0, q1) % g.output_size[0]]
+    ends = np.cumsum(counts * rest) * 12  # CSR bytes up to the end of each plane (approx.)
+    chunk_of = ends // max(1, budget)
+    cuts = np.flatnonzero(np.diff(chunk_of)) + 1  # first plane of each new chunk
+    bounds = [q0, *(q0 + int(c) for c in cuts), q1]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _with_dtype(geometry: ConvGeometry, dtype: np.dtype) -> ConvGeometry:

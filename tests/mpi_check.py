@@ -61,6 +61,13 @@ def check_errors():
 
 def main():
     check_errors()
+    # stream every share in many small chunks (two passes: count, then insert)
+    petsc.CHUNK_BYTES = 3000
+    g = convmat.conv_geometry((3, 2, 3, 3), (2, 9, 7), padding=1)
+    chunks = petsc._chunks(g, 0, 27, petsc.CHUNK_BYTES)
+    assert len(chunks) > 3 and chunks[0][0] == 0 and chunks[-1][1] == 27
+    assert all(a < b for a, b in chunks) and all(
+        x[1] == y[0] for x, y in zip(chunks[:-1], chunks[1:], strict=True))
     for name, wshape, ishape, opts in CASES:
         rng = np.random.default_rng(0)
         w = rng.standard_normal(wshape)
