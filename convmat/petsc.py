@@ -113,15 +113,15 @@ def conv_matrix(
     _numpy_only(weight)
     PETSc = _petsc()
     comm = comm if comm is not None else PETSc.COMM_WORLD
-    weight, xp, geometry = prepare(
+    weight, _, geometry = prepare(
         weight,
         lambda w: _conv_geometry(w, input_shape, stride=stride, padding=padding,
                                  dilation=dilation, groups=groups, padding_mode=padding_mode),
     )
-    return _assemble(PETSc, comm, geometry, weight, xp, max_bytes)
+    return _assemble(PETSc, comm, geometry, weight, max_bytes)
 
 
-def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any, xp: Any,  # noqa: N803
+def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noqa: N803
               max_bytes: int | None) -> Any:
     scalar = np.dtype(PETSc.ScalarType)
     if np.dtype(geometry.dtype).kind == "c" and scalar.kind != "c":
@@ -240,10 +240,10 @@ class DistributedConvOperator(GeometryShapes):
         PETSc = _petsc()  # noqa: N806
         self.comm = comm if comm is not None else PETSc.COMM_WORLD
         max_bytes = options.pop("max_bytes", None)
-        weight, xp, geometry = prepare(
+        weight, _, geometry = prepare(
             weight, lambda w: _conv_geometry(w, input_shape, **options))
         self.geometry = geometry
-        self.matrix = _assemble(PETSc, self.comm, geometry, weight, xp, max_bytes)
+        self.matrix = _assemble(PETSc, self.comm, geometry, weight, max_bytes)
         self._petsc = PETSc
 
     # ---------------------------------------------------------------- PETSc vectors

@@ -75,12 +75,12 @@ def block_boundaries(op: ConvOperator) -> dict[str, list[int]]:
     }
 
 
-def position_labels(shape: tuple[int, ...], spatial_ndim: int) -> list[str]:
+def position_labels(shape: tuple[int, ...]) -> list[str]:
     """``'(c, i, j)'`` labels of the raveled entries of an array of ``shape``.
 
     Examples
     --------
-    >>> position_labels((2, 2), 2)
+    >>> position_labels((2, 2))
     ['(0, 0)', '(0, 1)', '(1, 0)', '(1, 1)']
     """
     return [str(tuple(int(v) for v in idx)) for idx in np.ndindex(*shape)]
@@ -169,9 +169,9 @@ def heatmap(op: ConvOperator, ax: Any = None, *, annotate: bool = True,
                         color="#222222" if dense[i, j] != 0 else "#bbbbbb")
     nd = op.geometry.ndim
     ax.set_yticks(range(rows))
-    ax.set_yticklabels(position_labels(op.output_shape, nd), fontsize=7)
+    ax.set_yticklabels(position_labels(op.output_shape), fontsize=7)
     ax.set_xticks(range(cols))
-    ax.set_xticklabels(position_labels(op.input_shape, nd), fontsize=7, rotation=90)
+    ax.set_xticklabels(position_labels(op.input_shape), fontsize=7, rotation=90)
     ax.set_xlabel("input (channel, position)" if len(op.input_shape) > nd
                   else "input position")
     ax.set_ylabel("output (channel, position)" if len(op.output_shape) > nd
