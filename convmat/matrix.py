@@ -44,12 +44,24 @@ def _conv_weight(geometry: ConvGeometry, weight: Any) -> Any:
     return weight
 
 
-def prepare(weight: Any, make_geometry: Any) -> tuple[Any, ModuleType, ConvGeometry]:
+def _prepare(weight: Any, make_geometry: Any) -> tuple[Any, ModuleType, ConvGeometry]:
     """Validate ``weight`` (shape, dtype, values) through ``make_geometry(weight)``."""
     weight, xp = _as_weight(weight)
     geometry = make_geometry(weight)
     _check_finite(weight, xp)
     return weight, xp, geometry
+
+
+def prepare_conv(weight: Any, input_shape: Any, **options: Any
+                 ) -> tuple[Any, ModuleType, ConvGeometry]:
+    """``(weight, xp, geometry)`` of a convolution, everything validated (no allocation)."""
+    return _prepare(weight, lambda w: conv_geometry(w, input_shape, **options))
+
+
+def prepare_conv_transpose(weight: Any, input_shape: Any, **options: Any
+                           ) -> tuple[Any, ModuleType, ConvGeometry]:
+    """``(weight, xp, geometry)`` of a transposed convolution, everything validated."""
+    return _prepare(weight, lambda w: conv_transpose_geometry(w, input_shape, **options))
 
 
 def assemble(geometry: ConvGeometry, weight: Any, xp: ModuleType,
@@ -178,12 +190,9 @@ def conv_matrix(
     (The explicit zeros of the kernel are stored: the pattern depends on the geometry
     only, so ``W.nnz`` is 16 here.)
     """
-    weight, xp, geometry = prepare(
-        weight,
-        lambda w: conv_geometry(
-            w, input_shape, stride=stride, padding=padding, dilation=dilation,
-            groups=groups, padding_mode=padding_mode,
-        ),
+    weight, xp, geometry = prepare_conv(
+        weight, input_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode,
     )
     check_memory(geometry, max_bytes)
     return assemble(geometry, weight, xp)
@@ -248,13 +257,9 @@ def conv_transpose_matrix(
            [ 0.,  4.,  6.],
            [ 4., 12.,  9.]])
     """
-    weight, xp, geometry = prepare(
-        weight,
-        lambda w: conv_transpose_geometry(
-            w, input_shape, stride=stride, padding=padding, output_padding=output_padding,
-            dilation=dilation, groups=groups, output_size=output_size,
-            padding_mode=padding_mode,
-        ),
+    weight, xp, geometry = prepare_conv_transpose(
+        weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
+        dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
     )
     check_memory(geometry, max_bytes)
     return assemble(geometry, weight, xp)
@@ -288,8 +293,8 @@ def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, 
     xb, unbatched = _split_batch(x, weight.ndim - 2, name)
     options = dict(options)
     max_bytes = options.pop("max_bytes", None)
-    make = conv_transpose_geometry if transposed else conv_geometry
-    weight, xp, geometry = prepare(weight, lambda w: make(w, tuple(xb.shape[1:]), **options))
+    make = prepare_conv_transpose if transposed else prepare_conv
+    weight, xp, geometry = make(weight, tuple(xb.shape[1:]), **options)
     # One product: a transposed conv uses the forward CSR's transposed view (no conversion).
     forward = geometry.T if transposed else geometry
     check_memory(forward, max_bytes)

@@ -15,8 +15,6 @@ from .geometry import (
     _check_dtype,
     _format_bytes,
     check_memory,
-    conv_geometry,
-    conv_transpose_geometry,
 )
 from .indices import build_csr_arrays
 from .matrix import (
@@ -25,7 +23,8 @@ from .matrix import (
     adjoint_weight,
     assemble,
     from_arrays,
-    prepare,
+    prepare_conv,
+    prepare_conv_transpose,
 )
 
 __all__ = ["ConvOperator", "gradient_operator"]
@@ -119,12 +118,9 @@ class ConvOperator(GeometryShapes):
         padding_mode: str = "zeros",
         max_bytes: int | None = None,
     ) -> None:
-        weight, xp, geometry = prepare(
-            weight,
-            lambda w: conv_geometry(
-                w, input_shape, stride=stride, padding=padding, dilation=dilation,
-                groups=groups, padding_mode=padding_mode,
-            ),
+        weight, xp, geometry = prepare_conv(
+            weight, input_shape, stride=stride, padding=padding, dilation=dilation,
+            groups=groups, padding_mode=padding_mode,
         )
         check_memory(geometry, max_bytes)
         self._set(geometry, assemble(geometry, weight, xp), xp, weight)
@@ -157,13 +153,9 @@ class ConvOperator(GeometryShapes):
         >>> op.output_shape
         (3, 64, 64)
         """
-        weight, xp, geometry = prepare(
-            weight,
-            lambda w: conv_transpose_geometry(
-                w, input_shape, stride=stride, padding=padding, output_padding=output_padding,
-                dilation=dilation, groups=groups, output_size=output_size,
-                padding_mode=padding_mode,
-            ),
+        weight, xp, geometry = prepare_conv_transpose(
+            weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
+            dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
         )
         forward = geometry.T
         check_memory(forward, max_bytes)

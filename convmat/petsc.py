@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from .geometry import ConvGeometry, ConvMatrixTooLarge, _format_bytes, available_memory
-from .geometry import conv_geometry as _conv_geometry
 from .indices import build_csr_arrays
-from .matrix import _conv_weight, prepare
+from .matrix import _conv_weight, prepare_conv
 from .operator import GeometryShapes
 from .solvers import DeconvolutionResult
 
@@ -69,7 +68,8 @@ def plane_ranges(geometry: ConvGeometry, ranks: int) -> list[tuple[int, int]]:
     others 3, so the cumulative entries per plane are 2, 5, 8, 11, ..., 26, 28, and each cut
     falls at the first plane boundary reaching 28/3 and 2*28/3 (11, 9 and 8 rows' worth):
 
-    >>> g = _conv_geometry((1, 1, 3, 3), (1, 10, 10), padding=1)
+    >>> from convmat import conv_geometry
+    >>> g = conv_geometry((1, 1, 3, 3), (1, 10, 10), padding=1)
     >>> plane_ranges(g, 3)
     [(0, 4), (4, 7), (7, 10)]
     """
@@ -113,11 +113,9 @@ def conv_matrix(
     _numpy_only(weight)
     PETSc = _petsc()
     comm = comm if comm is not None else PETSc.COMM_WORLD
-    weight, _, geometry = prepare(
-        weight,
-        lambda w: _conv_geometry(w, input_shape, stride=stride, padding=padding,
-                                 dilation=dilation, groups=groups, padding_mode=padding_mode),
-    )
+    weight, _, geometry = prepare_conv(weight, input_shape, stride=stride, padding=padding,
+                                       dilation=dilation, groups=groups,
+                                       padding_mode=padding_mode)
     return _assemble(PETSc, comm, geometry, weight, max_bytes)
 
 
@@ -240,8 +238,7 @@ class DistributedConvOperator(GeometryShapes):
         PETSc = _petsc()  # noqa: N806
         self.comm = comm if comm is not None else PETSc.COMM_WORLD
         max_bytes = options.pop("max_bytes", None)
-        weight, _, geometry = prepare(
-            weight, lambda w: _conv_geometry(w, input_shape, **options))
+        weight, _, geometry = prepare_conv(weight, input_shape, **options)
         self.geometry = geometry
         self.matrix = _assemble(PETSc, self.comm, geometry, weight, max_bytes)
         self._petsc = PETSc
