@@ -277,19 +277,15 @@ class DistributedConvOperator(GeometryShapes):
     # ---------------------------------------------------------------- NumPy arrays
     def apply(self, x: Any) -> np.ndarray:
         """``W @ x`` for a whole input array (same on every rank); returns the whole output."""
-        xv, yv = self.create_vecs()
-        start, stop = xv.getOwnershipRange()
-        xv.array[:] = np.asarray(x, dtype=xv.array.dtype).reshape(-1)[start:stop]
-        self.matrix.mult(xv, yv)
-        return self.gather(yv).reshape(self.output_shape)
+        _, out = self.create_vecs()
+        self.matrix.mult(self.to_vec(x), out)
+        return self.gather(out).reshape(self.output_shape)
 
     def apply_transpose(self, y: Any) -> np.ndarray:
         """``W.T @ y`` for a whole output array; returns the whole input-shaped array."""
-        xv, yv = self.create_vecs()
-        start, stop = yv.getOwnershipRange()
-        yv.array[:] = np.asarray(y, dtype=yv.array.dtype).reshape(-1)[start:stop]
-        self.matrix.multTranspose(yv, xv)
-        return self.gather(xv).reshape(self.input_shape)
+        out, _ = self.create_vecs()
+        self.matrix.multTranspose(self.to_vec(y, output=True), out)
+        return self.gather(out).reshape(self.input_shape)
 
     def gather_matrix(self) -> Any:
         """The whole ``W`` as a ``scipy.sparse.csr_array`` on every rank (small problems)."""
