@@ -2,10 +2,13 @@
 
 ``W = conv_matrix(weight, input_shape, ...)`` is the CSR matrix of a convolution with
 PyTorch's semantics (stride, padding, dilation, groups, padding modes), so that the
-convolution is ``W @ x`` and the transposed convolution ``W.T @ y``.
+convolution is ``W @ x`` and the transposed convolution ``W.T @ y``. A CuPy weight gives a
+``cupyx.scipy.sparse`` matrix and keeps everything on the GPU; :func:`to_gpu` and
+:func:`to_cpu` move arrays, matrices and operators between the devices.
 """
 
 from . import data
+from .backend import to_cpu, to_gpu
 from .geometry import (
     ConvGeometry,
     ConvMatrixTooLarge,
@@ -32,6 +35,8 @@ __all__ = [
     "deconvolve",
     "gradient_operator",
     "output_shape",
+    "to_cpu",
+    "to_gpu",
 ]
 
 __version__ = "0.1.0"

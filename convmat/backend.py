@@ -1,7 +1,11 @@
 """The backend follows the data: NumPy arrays run on SciPy, CuPy arrays on ``cupyx``.
 
-CuPy is detected through ``sys.modules`` and never imported here: if nobody imported
-CuPy, no array can be a CuPy array.
+CuPy is detected through ``sys.modules`` and never imported here unless asked to move
+data to the GPU (:func:`to_gpu`): if nobody imported CuPy, no array can be a CuPy array.
+
+Moving between devices is explicit. :func:`to_gpu` and :func:`to_cpu` take arrays,
+SciPy / CuPy sparse matrices and :class:`~convmat.ConvOperator` objects; index arrays keep
+their dtype, and a CSC view (``W.T``) stays a CSC view.
 """
 
 from __future__ import annotations
@@ -12,7 +16,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_namespace", "is_cupy_array", "is_cupy_sparse", "same_backend", "sparse_module"]
+__all__ = [
+    "CUPY_INT64_INDICES",
+    "array_namespace",
+    "check_index_dtype",
+    "csr_container",
+    "device_memory_budget",
+    "is_cupy_array",
+    "is_cupy_sparse",
+    "linear_operator_class",
+    "same_backend",
+    "sparse_module",
+    "to_cpu",
+    "to_gpu",
+]
+
+#: First CuPy release whose sparse matrices keep int64 indices (older ones cast to int32
+#: without checking).
+CUPY_INT64_INDICES = (14, 1)
 
 
 def is_cupy_array(x: Any) -> bool:
@@ -22,9 +43,9 @@ def is_cupy_array(x: Any) -> bool:
 
 
 def is_cupy_sparse(x: Any) -> bool:
-    """True for a ``cupyx.scipy.sparse`` matrix (without importing CuPy)."""
+    """True for a ``cupyx.scipy.sparse`` matrix or array (without importing CuPy)."""
     csp = sys.modules.get("cupyx.scipy.sparse")
-    return csp is not None and isinstance(x, csp.spmatrix)
+    return csp is not None and csp.issparse(x)
 
 
 def array_namespace(x: Any) -> ModuleType:
@@ -45,6 +66,25 @@ def sparse_module(xp: ModuleType) -> ModuleType:
     return cupyx.scipy.sparse
 
 
+def csr_container(xp: ModuleType, fmt: str = "csr") -> Any:
+    """The sparse-array class of format ``fmt`` (``'csr'`` or ``'csc'``) of backend ``xp``.
+
+    ``csr_array`` where the backend has it (SciPy, CuPy >= 14), else ``csr_matrix``.
+    """
+    sparse = sparse_module(xp)
+    array_cls = getattr(sparse, f"{fmt}_array", None)
+    return array_cls if array_cls is not None else getattr(sparse, f"{fmt}_matrix")
+
+
+def linear_operator_class(xp: ModuleType) -> Any:
+    """``scipy.sparse.linalg.LinearOperator`` or ``cupyx.scipy.sparse.linalg.LinearOperator``."""
+    if xp is np:
+        from scipy.sparse.linalg import LinearOperator
+    else:
+        from cupyx.scipy.sparse.linalg import LinearOperator
+    return LinearOperator
+
+
 def _backend_name(xp: ModuleType) -> str:
     return "CuPy (GPU)" if xp is not np else "NumPy/SciPy (CPU)"
 
@@ -55,5 +95,153 @@ def same_backend(name: str, x: Any, xp: ModuleType, what: str) -> None:
     if other is not xp:
         raise TypeError(
             f"{name} is a {_backend_name(other)} array but {what} is on {_backend_name(xp)}; "
-            "mixing backends is not supported: move one of them (cupy.asarray / .get())"
+            "mixing backends is not supported: move one of them (convmat.to_gpu / "
+            "convmat.to_cpu)"
         )
+
+
+# --------------------------------------------------------------------------- CuPy limits
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``'14.1.0rc1'`` -> ``(14, 1, 0)``: the leading integers of a version string."""
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_index_dtype(index_dtype: Any, xp: ModuleType, what: str = "W") -> None:
+    """Refuse (``ValueError``) int64 indices on a CuPy too old to keep them.
+
+    CuPy before 14.1 casts sparse indices to int32 without checking, which would wrap
+    the column indices of a matrix with 2**31 or more rows, columns or entries.
+    """
+    if xp is np or np.dtype(index_dtype) != np.int64:
+        return
+    version = str(xp.__version__)
+    if _version_tuple(version) < CUPY_INT64_INDICES:
+        need = ".".join(map(str, CUPY_INT64_INDICES))
+        raise ValueError(
+            f"{what} needs int64 indices (2**31 or more rows, columns or entries), which "
+            f"CuPy {version} does not support: it casts sparse indices to int32 without "
+            f"checking. Install CuPy >= {need}, or build on the CPU"
+        )
+
+
+def _device_budget(device_free: int, pool_free: int, pool_total: int, pool_limit: int) -> int:
+    """Bytes a new allocation can get: ``pool_free + min(device_free, limit - pool_total)``.
+
+    The memory pool reuses its ``pool_free`` cached bytes first; beyond them it asks the
+    device, bounded by the pool's limit (``pool_limit == 0``: no limit) less what the pool
+    already holds (``pool_total``).
+    """
+    fresh = device_free if pool_limit == 0 else min(device_free, max(0, pool_limit - pool_total))
+    return pool_free + fresh
+
+
+def device_memory_budget(xp: ModuleType) -> tuple[int, str]:
+    """``(bytes, description)`` available to a new allocation on ``xp``'s current device.
+
+    The device's free memory plus the bytes CuPy's default memory pool has cached, within
+    the pool's limit (``cupy.get_default_memory_pool().set_limit``).
+    """
+    pool = xp.get_default_memory_pool()
+    device_free, _ = xp.cuda.runtime.memGetInfo()
+    limit = int(pool.get_limit())
+    budget = _device_budget(int(device_free), int(pool.free_bytes()), int(pool.total_bytes()),
+                            limit)
+    where = "free on the GPU (device free + memory-pool free"
+    where += f", pool limit {limit:,} bytes)" if limit else ")"
+    return budget, where
+
+
+# --------------------------------------------------------------------------- moving data
+def _cupy() -> ModuleType:
+    """Import CuPy for an explicit move to the GPU, with a readable error if it cannot."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(
+            "moving to the GPU needs CuPy: pip install 'convmat[gpu]' (CuPy for CUDA 13) "
+            "or the cupy-cudaXXx wheel matching your CUDA"
+        ) from exc
+    if not cupy.cuda.is_available():
+        raise RuntimeError("CuPy is installed but finds no usable CUDA GPU (driver or device)")
+    return cupy
+
+
+def _sparse_format(m: Any) -> str:
+    fmt = m.format
+    if fmt not in ("csr", "csc"):
+        raise TypeError(f"only CSR and CSC matrices move between devices, got format {fmt!r}")
+    return fmt
+
+
+def to_gpu(obj: Any) -> Any:
+    """Move ``obj`` to the GPU: arrays, SciPy sparse matrices, :class:`ConvOperator`.
+
+    A ``numpy.ndarray`` becomes a ``cupy.ndarray``; a SciPy CSR (CSC) matrix a
+    ``cupyx.scipy.sparse`` CSR (CSC) array with the same index dtype; an object with a
+    ``to_gpu`` method (``ConvOperator``) moves itself. Data already on the GPU is
+    returned as is. Needs CuPy (``pip install 'convmat[gpu]'``).
+
+    Raises
+    ------
+    ImportError
+        CuPy is not installed.
+    RuntimeError
+        CuPy finds no GPU.
+    TypeError
+        A sparse format other than CSR/CSC.
+    ValueError
+        int64 indices on a CuPy older than 14.1 (see :func:`check_index_dtype`).
+    """
+    if hasattr(obj, "to_gpu"):
+        return obj.to_gpu()
+    if is_cupy_array(obj) or is_cupy_sparse(obj):
+        return obj
+    import scipy.sparse
+
+    sparse = scipy.sparse.issparse(obj)
+    fmt = _sparse_format(obj) if sparse else ""
+    cp = _cupy()
+    if sparse:
+        check_index_dtype(obj.indices.dtype, cp, what="the matrix")
+        return csr_container(cp, fmt)(
+            (cp.asarray(obj.data), cp.asarray(obj.indices), cp.asarray(obj.indptr)),
+            shape=obj.shape, copy=False,
+        )
+    return cp.asarray(obj)
+
+
+def to_cpu(obj: Any) -> Any:
+    """Move ``obj`` to the host: the inverse of :func:`to_gpu`.
+
+    A ``cupy.ndarray`` becomes a ``numpy.ndarray``; a ``cupyx.scipy.sparse`` CSR (CSC)
+    matrix a ``scipy.sparse`` CSR (CSC) array with the same index dtype; an object with
+    a ``to_cpu`` method moves itself. Anything else is returned as is (NumPy arrays and
+    SciPy matrices are already on the host); CuPy is never imported.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.ones(3)
+    >>> to_cpu(x) is x
+    True
+    """
+    if hasattr(obj, "to_cpu"):
+        return obj.to_cpu()
+    if is_cupy_array(obj):
+        return obj.get()
+    if is_cupy_sparse(obj):
+        fmt = _sparse_format(obj)
+        return csr_container(np, fmt)(
+            (obj.data.get(), obj.indices.get(), obj.indptr.get()), shape=obj.shape, copy=False
+        )
+    return obj

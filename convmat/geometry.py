@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import check_index_dtype, device_memory_budget
+
 __all__ = [
     "INDEX_LIMIT",
     "PADDING_MODES",
@@ -930,17 +932,24 @@ def available_memory() -> int | None:
 DEFAULT_MEMORY_SHARE = 0.5
 
 
-def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "W") -> None:
+def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "W",
+                 xp: Any = np) -> None:
     """Refuse (``ConvMatrixTooLarge``) a build whose peak would exceed ``max_bytes``.
 
-    ``max_bytes=None`` allows half of the currently available memory.
+    ``max_bytes=None`` allows half of the memory currently available: host memory for
+    NumPy, and for CuPy the device's free memory plus the memory pool's free bytes (within
+    the pool's limit). On CuPy, int64 indices also need CuPy >= 14.1 (``ValueError``).
     """
+    check_index_dtype(geometry.index_dtype, xp, what=what)
     if max_bytes is None:
-        avail = available_memory()
+        if xp is np:
+            avail, where = available_memory(), "available"
+        else:
+            avail, where = device_memory_budget(xp)
         if avail is None:
             return
         limit, source = int(avail * DEFAULT_MEMORY_SHARE), (
-            f"default: {DEFAULT_MEMORY_SHARE:.0%} of {_format_bytes(avail)} available"
+            f"default: {DEFAULT_MEMORY_SHARE:.0%} of {_format_bytes(avail)} {where}"
         )
     else:
         limit = _as_int("max_bytes", max_bytes)

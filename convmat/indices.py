@@ -372,7 +372,7 @@ def _indptr(g: ConvGeometry, xp: ModuleType, q0: int, q1: int) -> Any:
     for plan in plans[1:]:
         rest = np.multiply.outer(rest, plan.counts().astype(idx))
     first = plans[0].counts().astype(idx)[np.arange(q0, q1) % g.output_size[0]]
-    lengths = xp.multiply.outer(xp.asarray(first), xp.asarray(rest.ravel()))
+    lengths = xp.asarray(first)[:, None] * xp.asarray(rest.ravel())[None, :]
     indptr = xp.empty(lengths.size + 1, dtype=idx)
     indptr[0] = 0
     xp.cumsum(lengths.ravel(), dtype=idx, out=indptr[1:])

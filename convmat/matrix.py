@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, same_backend, sparse_module
+from .backend import array_namespace, csr_container, same_backend
 from .geometry import (
     ConvGeometry,
     check_memory,
@@ -93,8 +93,7 @@ def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
 def from_arrays(forward: ConvGeometry, data: Any, indices: Any, indptr: Any, xp: ModuleType,
                 *, transposed: bool) -> Any:
     """Wrap CSR arrays of the forward matrix; transpose to CSR when asked."""
-    sparse = sparse_module(xp)
-    container = sparse.csr_array if hasattr(sparse, "csr_array") else sparse.csr_matrix
+    container = csr_container(xp)
     w = container((data, indices, indptr), shape=forward.conv_shape, copy=False)
     w.has_sorted_indices = True
     w.has_canonical_format = True
@@ -194,7 +193,7 @@ def conv_matrix(
         weight, input_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode,
     )
-    check_memory(geometry, max_bytes)
+    check_memory(geometry, max_bytes, xp=xp)
     return assemble(geometry, weight, xp)
 
 
@@ -261,7 +260,7 @@ def conv_transpose_matrix(
         weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
     )
-    check_memory(geometry, max_bytes)
+    check_memory(geometry, max_bytes, xp=xp)
     return assemble(geometry, weight, xp)
 
 
@@ -297,7 +296,7 @@ def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, 
     weight, xp, geometry = make(weight, tuple(xb.shape[1:]), **options)
     # One product: a transposed conv uses the forward CSR's transposed view (no conversion).
     forward = geometry.T if transposed else geometry
-    check_memory(forward, max_bytes)
+    check_memory(forward, max_bytes, xp=xp)
     w = assemble(forward, weight, xp)
     w = w.T if transposed else w
     flat = xb.reshape(xb.shape[0], -1)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import same_backend
+from .backend import array_namespace, linear_operator_class, same_backend, to_cpu, to_gpu
 from .geometry import (
     ConvGeometry,
     _check_dtype,
@@ -122,7 +122,7 @@ class ConvOperator(GeometryShapes):
             weight, input_shape, stride=stride, padding=padding, dilation=dilation,
             groups=groups, padding_mode=padding_mode,
         )
-        check_memory(geometry, max_bytes)
+        check_memory(geometry, max_bytes, xp=xp)
         self._set(geometry, assemble(geometry, weight, xp), xp, weight)
 
     @classmethod
@@ -158,7 +158,7 @@ class ConvOperator(GeometryShapes):
             dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
         )
         forward = geometry.T
-        check_memory(forward, max_bytes)
+        check_memory(forward, max_bytes, xp=xp)
         return cls._from(forward, assemble(forward, weight, xp), xp, weight).T
 
     @classmethod
@@ -243,7 +243,10 @@ class ConvOperator(GeometryShapes):
         )
 
     def aslinearoperator(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (matvec, rmatvec, matmat, adjoint).
+        """A ``LinearOperator`` (matvec, rmatvec, matmat, adjoint) on the operator's backend.
+
+        ``scipy.sparse.linalg.LinearOperator`` on the CPU,
+        ``cupyx.scipy.sparse.linalg.LinearOperator`` on the GPU.
 
         Examples
         --------
@@ -252,8 +255,7 @@ class ConvOperator(GeometryShapes):
         >>> A.shape, A.rmatvec(np.ones(6)).shape
         ((6, 8), (8,))
         """
-        from scipy.sparse.linalg import LinearOperator
-
+        LinearOperator: Any = linear_operator_class(self._xp)  # noqa: N806 - a class
         op = self
 
         class _ConvLinearOperator(LinearOperator):
@@ -279,6 +281,42 @@ class ConvOperator(GeometryShapes):
                 return op.T.aslinearoperator()
 
         return _ConvLinearOperator()
+
+    # ---------------------------------------------------------------- devices
+    @property
+    def device(self) -> str:
+        """``'cpu'`` (NumPy/SciPy) or ``'gpu'`` (CuPy)."""
+        return "cpu" if self._xp is np else "gpu"
+
+    def to_gpu(self) -> ConvOperator:
+        """The same operator on the GPU (CuPy): matrix and weight copied, nothing rebuilt.
+
+        Returns ``self`` when it is already there. Needs CuPy; see :func:`convmat.to_gpu`.
+        """
+        return self._moved(to_gpu)
+
+    def to_cpu(self) -> ConvOperator:
+        """The same operator on the CPU (SciPy): the inverse of :meth:`to_gpu`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = ConvOperator(np.ones((2, 2)), (3, 3))
+        >>> op.to_cpu() is op, op.device
+        (True, 'cpu')
+        """
+        return self._moved(to_cpu)
+
+    def _moved(self, move: Any) -> ConvOperator:
+        if self.geometry.transposed:  # move the forward operator, keep the view
+            if "T" in self._adjoints:
+                return self._adjoints["T"]._moved(move).T
+            return self._adjoints["H"]._moved(move).H
+        weight = move(self.weight)
+        xp = array_namespace(weight)
+        if xp is self._xp:
+            return self
+        return ConvOperator._from(self.geometry, move(self.matrix), xp, weight)
 
     def with_weight(self, weight: Any) -> ConvOperator:
         """The same geometry with another weight: only ``data`` is rebuilt.

@@ -53,7 +53,7 @@ def _numpy_only(weight: Any) -> None:
 
     if array_namespace(weight) is not np:
         raise TypeError("convmat.petsc builds from NumPy weights (PETSc holds the matrix); "
-                        "move the weight to the host first (.get())")
+                        "move the weight to the host first (convmat.to_cpu)")
 
 
 def plane_ranges(geometry: ConvGeometry, ranks: int) -> list[tuple[int, int]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, same_backend
+from .backend import array_namespace, linear_operator_class, same_backend, to_gpu
 from .indices import default_threads, thread_pool
 from .operator import ConvOperator, gradient_operator
 
@@ -138,11 +138,16 @@ class _System:
     """``A = [W; lam*D]`` and ``b = [y; 0]``, applied without copying ``W``."""
 
     def __init__(self, op: ConvOperator, reg: Any, lam: float) -> None:
-        threads = default_threads()
-        self.w = _RowBlocks(op.matrix, threads)
+        xp = array_namespace(op.matrix)
         # An explicit CSR of W^H (SpMV with a CSC view is slower and cannot be split by
         # rows): written directly when W^H is itself a convolution, else converted.
-        self.wh = _RowBlocks(op.adjoint_csr(), threads)
+        wh = op.adjoint_csr()
+        if xp is np:  # split over threads on the CPU; cuSPARSE fills the GPU on its own
+            threads = default_threads()
+            self.w, self.wh = _RowBlocks(op.matrix, threads), _RowBlocks(wh, threads)
+        else:
+            self.w, self.wh = op.matrix, wh
+        self.xp = xp
         self.reg = reg
         self.reg_h = None if reg is None else _adjoint_of(reg)
         self.lam = lam
@@ -156,7 +161,7 @@ class _System:
         y = self.w @ x
         if self.reg is None:
             return y
-        return np.concatenate([y, self.lam * (self.reg @ x)])
+        return self.xp.concatenate([y, self.lam * (self.reg @ x)])
 
     def rmatvec(self, u: Any) -> Any:
         if self.reg is None:
@@ -166,11 +171,10 @@ class _System:
     def rhs(self, y: Any) -> Any:
         if self.reg is None:
             return y
-        return np.concatenate([y, np.zeros(self.k, dtype=y.dtype)])
+        return self.xp.concatenate([y, self.xp.zeros(self.k, dtype=y.dtype)])
 
     def linear_operator(self, tick: Callable[[], None] | None = None) -> Any:
-        from scipy.sparse.linalg import LinearOperator
-
+        LinearOperator = linear_operator_class(self.xp)  # noqa: N806 - a class
         rmatvec = self.rmatvec
         if tick is not None:
             calls = [0]
@@ -205,11 +209,13 @@ def _regularizer(regularizer: Any, op: ConvOperator) -> Any:
             )
         d = gradient_operator(op.input_shape, ndim=op.geometry.ndim, dtype=op.dtype).matrix
         d.eliminate_zeros()  # unused taps of the 2x...x2 kernel: half the work of D @ x
-        return d
+        return d if op.device == "cpu" else to_gpu(d)
     if isinstance(regularizer, ConvOperator):
         reg = regularizer.matrix
     else:
         reg = regularizer
+    if hasattr(reg, "tocsr"):  # a sparse matrix: on the operator's backend
+        same_backend("regularizer", reg, array_namespace(op.matrix), "the operator")
     if not hasattr(reg, "shape") or len(reg.shape) != 2 or not (
         hasattr(reg, "tocsr") or hasattr(reg, "matvec")
     ):
@@ -479,8 +485,9 @@ def _as_operator(op: Any, input_shape: Any, conv_options: dict[str, Any]) -> Con
 
 def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     """``y`` as a batch ``(N, m)`` and whether it was a single output."""
-    same_backend("y", y, array_namespace(op.matrix), "the operator")
-    y = np.asarray(y)
+    xp = array_namespace(op.matrix)
+    same_backend("y", y, xp, "the operator")
+    y = np.asarray(y) if xp is np else y
     if y.dtype.kind not in "biufc":
         raise TypeError(f"y must be a numeric array, got dtype {y.dtype}")
     out = op.output_shape
@@ -494,7 +501,7 @@ def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
             f"y has shape {tuple(y.shape)} but the operator's output has shape {out} "
             f"(or a batch (N, *{out}), or a flat vector ({m},))"
         )
-    bad = int(np.count_nonzero(~np.isfinite(batch)))
+    bad = int(xp.count_nonzero(~xp.isfinite(batch)))
     if bad:
         raise ValueError(
             f"y contains {bad} NaN or inf value(s); SciPy's solvers would silently return NaN"
@@ -619,6 +626,11 @@ def deconvolve(
     reg = _regularizer(regularizer, op)
     n = op.shape[1]
     complex_ = op.dtype.kind == "c" or batch.dtype.kind == "c"
+    if bounds is not None and op.device != "cpu":
+        raise ValueError(
+            "bounds run scipy.optimize.lsq_linear, which works on the CPU only; move the "
+            "problem there (op.to_cpu(), convmat.to_cpu(y)) or drop the bounds"
+        )
     box = _bounds(bounds, n, complex_)
     wants_iterates = callback is not None or history
     if wants_iterates and (box is not None or method == "lsmr"):
@@ -628,8 +640,10 @@ def deconvolve(
             "use method='lsqr' or 'cgls'"
         )
     start = None
+    xp = system_xp = array_namespace(op.matrix)
     if x0 is not None:
-        start = np.asarray(x0)
+        same_backend("x0", x0, xp, "the operator")
+        start = np.asarray(x0) if xp is np else x0
         if start.size != n:
             raise ValueError(
                 f"x0 has shape {tuple(start.shape)} but the operator's input has shape "
@@ -643,7 +657,7 @@ def deconvolve(
         for b in batch:
             results.append(_solve_one(system, b, method, damp, box, start, atol, btol,
                                       maxiter, callback, progress, history))
-    xs = np.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
+    xs = system_xp.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
     fields = list(zip(*(r[1:] for r in results), strict=True))
     name = "lsq_linear" if box is not None else method
     if single:
@@ -654,10 +668,10 @@ def deconvolve(
 def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: Any,
                atol: float, btol: float, maxiter: int | None, callback: Any, progress: bool,
                history: bool) -> tuple[Any, ...]:
-    n = system.n
+    n, xp = system.n, system.xp
     dtype = np.result_type(system.dtype, y.dtype, np.float32)
     b = system.rhs(y.astype(dtype, copy=False))
-    start = np.zeros(n, dtype=dtype) if x0 is None else x0.astype(dtype)
+    start = xp.zeros(n, dtype=dtype) if x0 is None else x0.astype(dtype)
     limit = maxiter if maxiter is not None else {"lsqr": 2 * n, "lsmr": min(system.shape),
                                                   "cgls": n}[method]
     bar = _progress_bar(progress, limit, "lsq_linear" if box is not None else method)
@@ -666,7 +680,10 @@ def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: 
     try:
         if box is not None:
             x, istop, itn, reason = _bounded(system, b, damp, box, atol, maxiter, tick)
-        elif method == "cgls" or (method == "lsqr" and (callback is not None or history)):
+        elif method == "cgls" or (method == "lsqr" and (
+                xp is not np or callback is not None or history)):
+            # convmat's CGLS/LSQR: iterates exposed, and the LSQR on the GPU (CuPy's
+            # ``lsqr`` is a direct square solver, not LSQR)
             solver = cgls if method == "cgls" else lsqr
 
             def step(k: int, xk: Any) -> None:
@@ -676,19 +693,23 @@ def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: 
                     callback(k, xk)
 
             x, istop, itn, hist = solver(system.matvec, system.rmatvec, b, start, damp=damp,
-                                         atol=atol, btol=btol, maxiter=limit, callback=step)
+                                         atol=atol, btol=btol, maxiter=limit, callback=step,
+                                         xp=xp)
             reason = _STOP_REASONS[istop]
         else:
-            from scipy.sparse.linalg import lsmr as scipy_lsmr
-            from scipy.sparse.linalg import lsqr as scipy_lsqr
-
             a = system.linear_operator(tick)
+            x0_ = x0 if x0 is None else start
             if method == "lsqr":
-                out = scipy_lsqr(a, b, damp=damp, atol=atol, btol=btol, iter_lim=limit,
-                                 x0=x0 if x0 is None else start)
-            else:
-                out = scipy_lsmr(a, b, damp=damp, atol=atol, btol=btol, maxiter=limit,
-                                 x0=x0 if x0 is None else start)
+                from scipy.sparse.linalg import lsqr as scipy_lsqr
+
+                out = scipy_lsqr(a, b, damp=damp, atol=atol, btol=btol, iter_lim=limit, x0=x0_)
+            else:  # SciPy's or CuPy's lsmr (the same algorithm and signature)
+                if xp is np:
+                    from scipy.sparse.linalg import lsmr as backend_lsmr
+                else:
+                    from cupyx.scipy.sparse.linalg import lsmr as backend_lsmr
+                out = backend_lsmr(a, b, damp=damp, atol=atol, btol=btol, maxiter=limit,
+                                   x0=x0_)
             x, istop, itn = out[0], int(out[1]), int(out[2])
             reason = _STOP_REASONS[istop]
     finally:
@@ -699,8 +720,8 @@ def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: 
     converged = (istop in _CONVERGED) if box is None else istop > 0
     # Report norms of the returned x, computed exactly (one product each).
     r = b - system.matvec(x)
-    residual = float(np.linalg.norm(r[: system.m]))
-    normal = float(np.linalg.norm(system.rmatvec(r) - damp * damp * x))
+    residual = float(xp.linalg.norm(r[: system.m]))
+    normal = float(xp.linalg.norm(system.rmatvec(r) - damp * damp * x))
     recorded = {k: np.asarray(v) for k, v in hist.items()} if hist and history else None
     return x, itn, reason, converged, residual, normal, recorded
 

@@ -1,7 +1,8 @@
 """Look at convolution matrices: sparsity, values, receptive fields (matplotlib on first use).
 
 A leaf of the package: nothing in convmat imports it, and it imports matplotlib only inside
-the plotting functions. The data behind the footprint plots is available without matplotlib:
+the plotting functions; GPU operators are copied to the host first. The data behind the
+footprint plots is available without matplotlib:
 :func:`receptive_field` (a row of ``W`` on the input grid) and :func:`contributions` (a
 column of ``W`` on the output grid).
 """
@@ -36,9 +37,10 @@ def _pyplot() -> Any:
 
 
 def _as_operator(obj: Any) -> ConvOperator:
+    """``obj`` on the CPU (a GPU operator is copied to the host to be drawn)."""
     if not isinstance(obj, ConvOperator):
         raise TypeError(f"expected a ConvOperator, got {type(obj).__name__}")
-    return obj
+    return obj.to_cpu()
 
 
 def _channels(shape: tuple[int, ...], spatial_ndim: int) -> tuple[int, tuple[int, ...]]:

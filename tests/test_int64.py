@@ -6,21 +6,23 @@ import pytest
 import convmat
 import convmat.geometry
 
+from backends import device, host, on_backends
 from reference import conv_matrix_reference
 
 
+@on_backends
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("mode", ["zeros", "circular"])
-def test_int64_indices_when_limit_exceeded(monkeypatch, transposed, mode):
+def test_int64_indices_when_limit_exceeded(monkeypatch, xp, transposed, mode):
     rng = np.random.default_rng(0)
     w = rng.integers(-3, 4, size=(2, 3, 3, 2)).astype(float)
     build = convmat.conv_transpose_matrix if transposed else convmat.conv_matrix
     shape = (2, 5, 6) if transposed else (3, 5, 6)
-    small = build(w, shape, padding=1, padding_mode=mode)
+    small = host(build(device(xp, w), shape, padding=1, padding_mode=mode))
     assert small.indices.dtype == np.int32 and small.indptr.dtype == np.int32
     # max(rows, cols, nnz) is >= 50 here: with the limit at 50 it must switch to int64
     monkeypatch.setattr(convmat.geometry, "INDEX_LIMIT", 50)
-    big = build(w, shape, padding=1, padding_mode=mode)
+    big = host(build(device(xp, w), shape, padding=1, padding_mode=mode))
     assert big.indices.dtype == np.int64 and big.indptr.dtype == np.int64
     big.check_format(full_check=True)
     np.testing.assert_array_equal(big.toarray(), small.toarray())

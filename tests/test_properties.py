@@ -1,4 +1,8 @@
-"""Hypothesis properties: adjointness, linearity, nnz, shape round trips, W_t = W.T."""
+"""Hypothesis properties: adjointness, linearity, nnz, shape round trips, W_t = W.T.
+
+Each runs on every backend (see ``backends.py``): the data is drawn with NumPy, moved to
+the backend, and the results are checked on the host.
+"""
 
 import numpy as np
 from hypothesis import given
@@ -6,22 +10,21 @@ from hypothesis import strategies as st
 
 import convmat
 
+from backends import device, host, on_backends
+from backends import eps as _eps
 from strategies import DTYPES, cases, random_array
 
 
-def _eps(dtype):
-    return np.finfo(np.dtype(dtype)).eps
-
-
+@on_backends
 @given(case=cases(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
-def test_adjointness(case, dtype, seed):
+def test_adjointness(xp, case, dtype, seed):
     rng = np.random.default_rng(seed)
     w = random_array(rng, case.weight_shape, dtype)
-    op = convmat.ConvOperator(w, case.input_shape, **case.options)
+    op = convmat.ConvOperator(device(xp, w), case.input_shape, **case.options)
     x = random_array(rng, op.input_shape, dtype)
     y = random_array(rng, op.output_shape, dtype)
-    wx = op @ x
-    wh_y = op.H @ y
+    wx = host(op @ device(xp, x))
+    wh_y = host(op.H @ device(xp, y))
     assert wh_y.shape == x.shape and wx.shape == y.shape
     lhs = np.vdot(y, wx)   # <Wx, y> = y^H W x
     rhs = np.vdot(wh_y, x)  # <x, W^H y>
@@ -31,26 +34,30 @@ def test_adjointness(case, dtype, seed):
     assert abs(lhs - rhs) <= bound + np.finfo(np.float32).tiny
 
 
+@on_backends
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
-def test_linearity(case, seed):
+def test_linearity(xp, case, seed):
     rng = np.random.default_rng(seed)
     w = random_array(rng, case.weight_shape, "float64")
-    op = convmat.ConvOperator(w, case.input_shape, **case.options)
+    op = convmat.ConvOperator(device(xp, w), case.input_shape, **case.options)
     x1, x2 = rng.standard_normal((2, *op.input_shape))
     a, b = rng.standard_normal(2)
-    lhs = op @ (a * x1 + b * x2)
-    rhs = a * (op @ x1) + b * (op @ x2)
-    scale = np.abs(op.matrix).sum(axis=1).max() * (abs(a) * np.abs(x1).max()
-                                                   + abs(b) * np.abs(x2).max())
+    lhs = host(op @ device(xp, a * x1 + b * x2))
+    rhs = a * host(op @ device(xp, x1)) + b * host(op @ device(xp, x2))
+    scale = np.abs(host(op.matrix)).sum(axis=1).max() * (abs(a) * np.abs(x1).max()
+                                                         + abs(b) * np.abs(x2).max())
     np.testing.assert_allclose(lhs.ravel(), rhs.ravel(), rtol=0,
                                atol=16 * _eps("float64") * max(scale, 1e-300))
 
 
+@on_backends
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
-def test_nnz_matches_geometry_prediction(case, seed):
+def test_nnz_matches_geometry_prediction(xp, case, seed):
     w = random_array(np.random.default_rng(seed), case.weight_shape, "float64")
     g = convmat.conv_geometry(w, case.input_shape, **case.options)
-    W = convmat.conv_matrix(w, case.input_shape, **case.options)
+    W = convmat.conv_matrix(device(xp, w), case.input_shape, **case.options)
+    assert convmat.backend.array_namespace(W) is xp
+    W = host(W)
     assert W.nnz == g.nnz
     assert W.shape == g.shape
     assert W.indices.dtype == g.index_dtype
@@ -60,11 +67,12 @@ def test_nnz_matches_geometry_prediction(case, seed):
     W.check_format(full_check=True)
 
 
+@on_backends
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
-def test_conv_then_transpose_restores_shape(case, seed):
+def test_conv_then_transpose_restores_shape(xp, case, seed):
     rng = np.random.default_rng(seed)
-    w = random_array(rng, case.weight_shape, "float64")
-    x = rng.standard_normal((3, *case.input_shape))
+    w = device(xp, random_array(rng, case.weight_shape, "float64"))
+    x = device(xp, rng.standard_normal((3, *case.input_shape)))
     y = convmat.conv(x, w, **case.options)
     out = convmat.output_shape(w, case.input_shape, **case.options)
     assert y.shape == (3, *out)
@@ -76,11 +84,14 @@ def test_conv_then_transpose_restores_shape(case, seed):
         == x.shape[1:]
 
 
+@on_backends
 @given(case=cases(transposed=True), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**32 - 1))
-def test_transposed_matrix_is_transpose_of_conv(case, dtype, seed):
+def test_transposed_matrix_is_transpose_of_conv(xp, case, dtype, seed):
     w = random_array(np.random.default_rng(seed), case.weight_shape, dtype)
-    Wt = convmat.conv_transpose_matrix(w, case.input_shape, **case.options)
+    Wt = convmat.conv_transpose_matrix(device(xp, w), case.input_shape, **case.options)
+    assert convmat.backend.array_namespace(Wt) is xp
+    Wt = host(Wt)
     Wt.check_format(full_check=True)
     assert Wt.has_canonical_format and Wt.dtype == np.dtype(dtype)
     g = convmat.conv_transpose_geometry(w, case.input_shape, **case.options)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import convmat
 
+from backends import device, host, on_backends
 from reference import conv_matrix_reference, conv_reference, trans_conv_reference
 from strategies import Case, cases, random_array, work
 
@@ -29,10 +30,13 @@ def _reference_W(case, w):
     return np.stack(columns, axis=1)
 
 
-def _build(case, w):
-    if case.transposed:
-        return convmat.conv_transpose_matrix(w, case.input_shape, **case.options)
-    return convmat.conv_matrix(w, case.input_shape, **case.options)
+def _build(case, w, xp=np):
+    """The matrix built on backend ``xp``, on the host."""
+    build = convmat.conv_transpose_matrix if case.transposed else convmat.conv_matrix
+    W = build(device(xp, w), case.input_shape, **case.options)
+    assert convmat.backend.array_namespace(W) is xp and W.format == "csr"
+    assert W.has_canonical_format  # the builder's flag, set on either backend
+    return host(W)
 
 
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
@@ -40,10 +44,11 @@ def _build(case, w):
                                           groups=1, padding_mode="reflect"), [(2, 2)]), seed=0)
 @example(case=Case((1, 1, 3), (1, 1), dict(stride=(1,), padding=((1, 1),), dilation=(1,),
                                           groups=1, padding_mode="replicate"), [(1, 1)]), seed=0)
-def test_conv_matrix_equals_reference(case, seed):
+@on_backends
+def test_conv_matrix_equals_reference(xp, case, seed):
     assume(work(case) < 200_000)
     w = random_array(np.random.default_rng(seed), case.weight_shape, "float64", integer=True)
-    W = _build(case, w)
+    W = _build(case, w, xp)
     W.check_format(full_check=True)
     assert W.has_canonical_format
     ref = _reference_W(case, w)
@@ -51,24 +56,26 @@ def test_conv_matrix_equals_reference(case, seed):
     np.testing.assert_array_equal(W.toarray(), ref)
 
 
+@on_backends
 @given(case=cases(transposed=True), seed=st.integers(0, 2**32 - 1))
-def test_conv_transpose_matrix_equals_scatter_reference(case, seed):
+def test_conv_transpose_matrix_equals_scatter_reference(xp, case, seed):
     assume(work(case) < 100_000)
     w = random_array(np.random.default_rng(seed), case.weight_shape, "float64", integer=True)
-    W = _build(case, w)
+    W = _build(case, w, xp)
     W.check_format(full_check=True)
     ref = _reference_W(case, w)
     assert W.shape == ref.shape
     np.testing.assert_array_equal(W.toarray(), ref)
 
 
+@on_backends
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
-def test_conv_of_x_equals_reference(case, seed):
+def test_conv_of_x_equals_reference(xp, case, seed):
     assume(work(case) < 200_000)
     rng = np.random.default_rng(seed)
     w = random_array(rng, case.weight_shape, "float64")
     x = rng.standard_normal((2, *case.input_shape))
-    y = convmat.conv(x, w, **case.options)
+    y = host(convmat.conv(device(xp, x), device(xp, w), **case.options))
     for i in range(2):
         ref = conv_reference(x[i], w, case.options["stride"], case.pads,
                              case.options["dilation"], case.options["groups"],
@@ -78,17 +85,18 @@ def test_conv_of_x_equals_reference(case, seed):
         np.testing.assert_allclose(y[i], ref, rtol=0, atol=64 * np.finfo(float).eps * scale)
 
 
+@on_backends
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("ndim", [1, 2, 3, 4])
-def test_padding_modes_all_ranks(mode, ndim):
+def test_padding_modes_all_ranks(xp, mode, ndim):
     """Fixed cases, including 4 spatial axes, against the loop reference."""
     rng = np.random.default_rng(ndim)
     k = (3, 2, 3, 2)[:ndim]
     n = (5, 4, 3, 3)[:ndim]
     pads = [(2, 1), (1, 1), (1, 2), (0, 1)][:ndim]
     w = rng.integers(-3, 4, size=(2, 1, *k)).astype(float)
-    W = convmat.conv_matrix(w, (2, *n), padding=pads, groups=2, padding_mode=mode,
-                            stride=(1, 2, 1, 2)[:ndim])
+    W = host(convmat.conv_matrix(device(xp, w), (2, *n), padding=pads, groups=2,
+                                 padding_mode=mode, stride=(1, 2, 1, 2)[:ndim]))
     ref, _ = conv_matrix_reference(w, (2, *n), (1, 2, 1, 2)[:ndim], pads, (1,) * ndim, 2, mode)
     W.check_format(full_check=True)
     np.testing.assert_array_equal(W.toarray(), ref)
@@ -133,7 +141,8 @@ def test_blocked_sliced_threaded_build_equals_reference(case, seed):
                                          padding_mode="replicate")),
     ],
 )
-def test_long_rows_use_blocks_and_equal_reference(weight_shape, input_shape, options):
+@on_backends
+def test_long_rows_use_blocks_and_equal_reference(xp, weight_shape, input_shape, options):
     """Default knobs on lines long enough for the blocked path (rows of < 64 entries)."""
     import convmat.indices as ind
 
@@ -142,7 +151,7 @@ def test_long_rows_use_blocks_and_equal_reference(weight_shape, input_shape, opt
     interior = max(g.axis_plans[-1].runs, key=lambda r: r.size)
     span = ind._Span(interior, 0, interior.size, 1)
     assert ind._last_axis_spans(span, 9)[0].block > 1  # the blocked path is taken
-    W = convmat.conv_matrix(w, input_shape, **options)
+    W = host(convmat.conv_matrix(device(xp, w), input_shape, **options))
     ref, _ = conv_matrix_reference(w, input_shape, g.stride, g.padding, g.dilation, g.groups,
                                    g.padding_mode)
     W.check_format(full_check=True)
