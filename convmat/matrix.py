@@ -130,7 +130,8 @@ def conv_matrix(
     weight : array_like
         ``(C_out, C_in // groups, *kernel)``, or a kernel with as many axes as
         ``input_shape`` (one-channel shorthand). Its dtype (float32, float64, complex64 or
-        complex128) is ``W``'s; a NumPy weight gives a ``scipy.sparse.csr_array``.
+        complex128) is ``W``'s; a NumPy weight gives a ``scipy.sparse.csr_array``, a CuPy
+        weight a ``cupyx.scipy.sparse.csr_array`` built on the device.
     input_shape : tuple of int
         ``(C_in, *spatial)``, or the spatial shape for the one-channel shorthand.
     stride, dilation : int or tuple of int
@@ -144,11 +145,12 @@ def conv_matrix(
         How the padding is filled (PyTorch's ``padding_mode``): pad, then convolve.
     max_bytes : int, optional
         Refuse to build when the peak memory would exceed this many bytes (default: half
-        of the available memory).
+        of the available memory; on the GPU, of the device's free memory plus the CuPy
+        memory pool's free bytes, within the pool's limit).
 
     Returns
     -------
-    scipy.sparse.csr_array
+    scipy.sparse.csr_array or cupyx.scipy.sparse.csr_array
         Shape ``(C_out * prod(out), C_in * prod(in))``, canonical (sorted indices, no
         duplicates: taps that padding folds onto one input pixel are summed), int32
         indices when ``max(rows, cols, nnz) < 2**31``, else int64.
@@ -158,7 +160,8 @@ def conv_matrix(
     TypeError
         Unsupported weight dtype, or a non-int where an int is expected.
     ValueError
-        Inconsistent geometry, or NaN/inf in the weight (the message names the argument).
+        Inconsistent geometry, or NaN/inf in the weight (the message names the argument);
+        on CuPy < 14.1, a matrix that needs int64 indices.
     ConvMatrixTooLarge
         The build would need more than ``max_bytes``.
 
@@ -230,7 +233,7 @@ def conv_transpose_matrix(
 
     Returns
     -------
-    scipy.sparse.csr_array
+    scipy.sparse.csr_array or cupyx.scipy.sparse.csr_array
         Shape ``(C_out * prod(out), C_in * prod(in))``, equal to
         ``conv_matrix(weight, (C_out, *out), ...).T`` (plain transpose, no conjugation).
 
@@ -308,8 +311,10 @@ def conv(x: Any, weight: Any, **options: Any) -> Any:
     """Convolution of ``x`` (``(N, C, *spatial)`` or ``(C, *spatial)``) through ``W @ x``.
 
     ``weight`` is ``(C_out, C_in // groups, *kernel)`` and ``options`` are those of
-    :func:`conv_matrix`. Matches ``torch.nn.functional.conv{1,2,3}d`` (with ``padding_mode``
-    as the ``Conv*d`` modules) and generalises it to any number of spatial axes.
+    :func:`conv_matrix`. ``x`` and ``weight`` are both NumPy or both CuPy arrays (the
+    result follows them; mixing them is a ``TypeError``). Matches
+    ``torch.nn.functional.conv{1,2,3}d`` (with ``padding_mode`` as the ``Conv*d`` modules)
+    and generalises it to any number of spatial axes.
 
     Examples
     --------

@@ -66,12 +66,13 @@ class ConvOperator(GeometryShapes):
 
     Attributes
     ----------
-    matrix : scipy.sparse.csr_array
-        ``W`` (for an adjoint operator, the transposed view ``W.T``, a CSC array).
+    matrix : scipy.sparse.csr_array or cupyx.scipy.sparse.csr_array
+        ``W`` (for an adjoint operator, the transposed view ``W.T``, a CSC array). A CuPy
+        weight builds it on the GPU; :meth:`to_gpu` / :meth:`to_cpu` move the operator.
     weight : ndarray
         The weight the operator was built from (the same array for ``.T`` and ``.H``).
     geometry : ConvGeometry
-    shape, input_shape, output_shape, dtype, nnz, nbytes
+    shape, input_shape, output_shape, dtype, nnz, nbytes, device
 
     Notes
     -----

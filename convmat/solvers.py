@@ -5,6 +5,12 @@ with ``bounds``, subject to ``lb <= x <= ub``) with SciPy's ``lsqr`` / ``lsmr``,
 or with ``scipy.optimize.lsq_linear``, and returns a small frozen
 :class:`DeconvolutionResult`.
 
+On the GPU (an operator built from a CuPy weight, or moved with ``op.to_gpu()``) the same
+call runs on the device: ``lsmr`` is ``cupyx.scipy.sparse.linalg.lsmr``, ``lsqr`` and
+``cgls`` are convmat's array-namespace :func:`lsqr` and :func:`cgls` (CuPy's own ``lsqr``
+is a direct solver for square systems, not LSQR, and is never called). ``bounds`` need
+the CPU (``scipy.optimize.lsq_linear``).
+
 Per-iteration cost is kept close to its two sparse products: ``W`` and an explicit CSR of
 ``W.T`` are applied directly (no CSC view), the stacked regularised system is a
 ``LinearOperator`` over them (``W`` is never copied), and BLAS is held to one thread
@@ -557,7 +563,8 @@ def deconvolve(
     method : {'lsqr', 'lsmr', 'cgls'}
         ``scipy.sparse.linalg.lsqr`` / ``lsmr``, or CG on the normal equations. With
         ``bounds``, ``scipy.optimize.lsq_linear`` (trust-region reflective with LSMR) runs
-        instead.
+        instead. On the GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr`
+        and :func:`cgls`.
     damp : float
         Tikhonov damping: adds ``damp^2 ||x||^2``.
     regularizer : {'gradient'}, sparse matrix, ConvOperator or LinearOperator, optional
@@ -598,9 +605,10 @@ def deconvolve(
     ------
     ValueError
         ``y`` of the wrong shape or with NaN/inf, an unknown method, negative ``damp`` or
-        ``lam``, inconsistent bounds, an unsupported combination.
+        ``lam``, inconsistent bounds, bounds on the GPU, an unsupported combination.
     TypeError
-        ``y`` on another backend, a bad regularizer, complex data with bounds.
+        ``y``, ``x0`` or a sparse regularizer on another backend than the operator, a bad
+        regularizer, complex data with bounds.
 
     Examples
     --------
