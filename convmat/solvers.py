@@ -163,16 +163,31 @@ class _System:
         self.dtype = np.result_type(op.dtype, np.float32)
         self.shape = (self.m + self.k, self.n)
 
+    def _at_matrix_precision(self, v: Any) -> Any:
+        """``v`` cast to the precision of ``W`` (kind kept: complex stays complex).
+
+        SciPy's and CuPy's solvers iterate in float64 whatever ``W`` is; a product of a
+        float32 ``W`` with a float64 vector would upcast a copy of ``W`` on every call
+        (both SciPy's sparsetools and cuSPARSE work in one common dtype). The product runs
+        at ``W``'s precision instead, and its result is handed back in the vector's dtype.
+        """
+        target = np.result_type(self.dtype, np.complex64 if v.dtype.kind == "c" else np.float32)
+        return v if v.dtype == target else v.astype(target)
+
     def matvec(self, x: Any) -> Any:
-        y = self.w @ x
-        if self.reg is None:
-            return y
-        return self.xp.concatenate([y, self.lam * (self.reg @ x)])
+        xw = self._at_matrix_precision(x)
+        y = self.w @ xw
+        if self.reg is not None:
+            y = self.xp.concatenate([y, self.lam * (self.reg @ xw)])
+        return y.astype(x.dtype, copy=False) if x.dtype.kind == y.dtype.kind else y
 
     def rmatvec(self, u: Any) -> Any:
+        uw = self._at_matrix_precision(u)
         if self.reg is None:
-            return self.wh @ u
-        return self.wh @ u[: self.m] + self.lam * (self.reg_h @ u[self.m:])
+            v = self.wh @ uw
+        else:
+            v = self.wh @ uw[: self.m] + self.lam * (self.reg_h @ uw[self.m:])
+        return v.astype(u.dtype, copy=False) if u.dtype.kind == v.dtype.kind else v
 
     def rhs(self, y: Any) -> Any:
         if self.reg is None:
@@ -707,6 +722,9 @@ def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: 
         else:
             a = system.linear_operator(tick)
             x0_ = x0 if x0 is None else start
+            # Their scalar recurrences follow b's dtype: keep them in double precision (the
+            # products still run at W's precision, see _System).
+            b = b.astype(np.result_type(b.dtype, np.float64), copy=False)
             if method == "lsqr":
                 from scipy.sparse.linalg import lsqr as scipy_lsqr
 

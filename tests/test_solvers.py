@@ -14,6 +14,8 @@ import convmat
 from convmat import ConvOperator, deconvolve
 from convmat.solvers import cgls, lsqr
 
+from backends import device, host, on_backends
+
 TIGHT = dict(atol=1e-12, btol=1e-12)
 
 
@@ -36,14 +38,37 @@ def small():
     return rng, op, x
 
 
+def _on(xp, op):
+    return op if xp is np else op.to_gpu()
+
+
+@on_backends
 @pytest.mark.parametrize("method", ["lsqr", "lsmr", "cgls"])
-def test_recovers_x_on_well_posed_problem(small, method):
+def test_recovers_x_on_well_posed_problem(small, xp, method):
     _, op, x = small
     y = op @ x
-    res = deconvolve(y, op, method=method, maxiter=5000, **TIGHT)
+    res = deconvolve(device(xp, y), _on(xp, op), method=method, maxiter=5000, **TIGHT)
     assert res.converged and res.x.shape == op.input_shape
-    np.testing.assert_allclose(res.x, x, rtol=0, atol=1e-8 * np.abs(x).max())
+    np.testing.assert_allclose(host(res.x), x, rtol=0, atol=1e-8 * np.abs(x).max())
     assert res.residual_norm <= 1e-8 * np.linalg.norm(y)
+
+
+@on_backends
+@pytest.mark.parametrize("method", ["lsqr", "lsmr", "cgls"])
+def test_float32_problem_solved_at_float32_accuracy(small, xp, method):
+    """Products run at W's precision (the solvers' float64 vectors are cast, W never is)."""
+    rng, op64, x = small
+    op = op64.with_weight(op64.weight.astype(np.float32))
+    W = op.matrix.toarray().astype(np.float64)
+    y = (W @ x.ravel()).astype(np.float32)
+    res = deconvolve(device(xp, y), _on(xp, op), method=method, maxiter=5000, atol=1e-7,
+                     btol=1e-7)
+    assert res.x.shape == op.input_shape
+    expected = dense_lstsq(W, y.astype(np.float64))
+    # forward error of a float32 least-squares solve: a few cond(W) * eps32 * ||x||
+    bound = 8 * np.linalg.cond(W) * np.finfo(np.float32).eps * np.abs(expected).max()
+    np.testing.assert_allclose(np.asarray(host(res.x), dtype=np.float64).ravel(), expected,
+                               rtol=0, atol=bound)
 
 
 def test_identity_like_kernel_recovers_exactly():
@@ -58,17 +83,20 @@ def test_identity_like_kernel_recovers_exactly():
     assert res.iterations == 1
 
 
+@on_backends
 @pytest.mark.parametrize("method", ["lsqr", "lsmr", "cgls"])
 @pytest.mark.parametrize("damp", [0.1, 1.0])
-def test_damp_matches_augmented_dense_system(small, method, damp):
+def test_damp_matches_augmented_dense_system(small, xp, method, damp):
     rng, op, _ = small
     y = rng.standard_normal(op.output_shape)
     W = op.matrix.toarray()
     n = W.shape[1]
     expected = dense_lstsq(np.vstack([W, damp * np.eye(n)]),
                            np.concatenate([y.ravel(), np.zeros(n)]))
-    res = deconvolve(y, op, method=method, damp=damp, maxiter=5000, **TIGHT)
-    np.testing.assert_allclose(res.x.ravel(), expected, rtol=0, atol=1e-8 * np.abs(expected).max())
+    res = deconvolve(device(xp, y), _on(xp, op), method=method, damp=damp, maxiter=5000,
+                     **TIGHT)
+    np.testing.assert_allclose(host(res.x).ravel(), expected, rtol=0,
+                               atol=1e-8 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("method", ["lsqr", "lsmr", "cgls"])
