@@ -104,18 +104,6 @@ class Device:
         return self.xp.asarray(a)
 
 
-def cpu_time(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-        del out
-    return statistics.median(times)
-
-
 def bandwidth(dev: Device, nbytes: int, repeats: int) -> tuple[float, float]:
     """GB/s of a device-to-device copy (read + written) and of a fill (written)."""
     xp = dev.xp
@@ -133,13 +121,14 @@ def build_table(dev: Device, cases: list, copy_bw: float, repeats: int) -> list[
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
+    host = Device("cpu")
     for name, wshape, ishape, options in cases:
         w = np.random.default_rng(0).standard_normal(wshape)
         g = convmat.conv_geometry(w, ishape, **options)
         wd = dev.asarray(w)
         t = dev.time(lambda: convmat.conv_matrix(wd, ishape, **options), repeats)  # noqa: B023
-        t_cpu = cpu_time(lambda: convmat.conv_matrix(w, ishape, **options),  # noqa: B023
-                         max(1, repeats // 2))
+        t_cpu = host.time(lambda: convmat.conv_matrix(w, ishape, **options),  # noqa: B023
+                          max(1, repeats // 2))
         rate = g.nbytes / t / 1e9
         line = (f"| {name} | {g.nnz / 1e6:.1f} M | {g.nbytes / 2**20:.0f} MiB | "
                 f"{t * 1e3:.2f} ms | {rate:.0f} | {rate / copy_bw:.2f} | {t_cpu * 1e3:.0f} ms | "

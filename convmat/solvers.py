@@ -663,7 +663,7 @@ def deconvolve(
             "use method='lsqr' or 'cgls'"
         )
     start = None
-    xp = system_xp = array_namespace(op.matrix)
+    xp = array_namespace(op.matrix)
     if x0 is not None:
         same_backend("x0", x0, xp, "the operator")
         start = np.asarray(x0) if xp is np else x0
@@ -680,7 +680,7 @@ def deconvolve(
         for b in batch:
             results.append(_solve_one(system, b, method, damp, box, start, atol, btol,
                                       maxiter, callback, progress, history))
-    xs = system_xp.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
+    xs = xp.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
     fields = list(zip(*(r[1:] for r in results), strict=True))
     name = "lsq_linear" if box is not None else method
     if single:
