@@ -33,7 +33,7 @@ import scipy
 import scipy.sparse as sp
 
 import convmat
-from convmat.geometry import _padded_index
+from convmat.axes import padded_index as _padded_index
 from convmat.indices import build_csr_arrays, default_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"

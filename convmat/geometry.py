@@ -1,7 +1,7 @@
 """Geometry of an N-d convolution: validate every argument once, resolve it, size it.
 
-Everything here works on plain Python ints (and, for the per-axis tap tables, small
-NumPy arrays of length ``output_size * kernel_size``); nothing proportional to the
+Everything here works on plain Python ints; the per-axis plans (:mod:`convmat.axes`)
+cost O(kernel + border runs), whatever the padding, and nothing proportional to the
 number of nonzeros is ever allocated. A :class:`ConvGeometry` is the *plan* of a
 convolution matrix: frozen, hashable, and it knows the exact ``nnz``, the index dtype
 and the bytes of the finished CSR before anything is built.
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .axes import PADDING_MAPS, AxisMap, AxisPlan, AxisRun, axis_plan
 from .backend import check_index_dtype, device_memory_budget
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 #: Supported dtypes of ``W`` (and so of the weight): the ones SciPy and CuPy sparse both support.
 SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
 #: PyTorch's ``padding_mode`` values.
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+PADDING_MODES = tuple(PADDING_MAPS)
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
@@ -89,147 +90,6 @@ def conv_transpose_output_size(
         + dilated_kernel_size(kernel_size, dilation)
         + output_padding
     )
-
-
-def _padded_index(u: np.ndarray, n: int, mode: str) -> np.ndarray:
-    """Map positions ``u`` of the padded axis (in input coordinates) to input indices.
-
-    ``zeros`` marks positions outside ``[0, n)`` with -1; ``reflect`` mirrors without
-    repeating the edge (NumPy ``reflect``), ``replicate`` clamps (NumPy ``edge``) and
-    ``circular`` wraps (NumPy ``wrap``). Validation guarantees one reflection suffices.
-    """
-    if mode == "zeros":
-        return np.where((u >= 0) & (u < n), u, -1)
-    if mode == "reflect":
-        u = np.where(u < 0, -u, u)
-        return np.where(u > n - 1, 2 * (n - 1) - u, u)
-    if mode == "replicate":
-        return np.clip(u, 0, n - 1)
-    return np.mod(u, n)  # circular
-
-
-# --------------------------------------------------------------------------- per-axis plan
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class AxisRun:
-    """Consecutive output positions ``[start, stop)`` of one axis that share a tap pattern.
-
-    For every ``p`` in the run, output ``p`` reads the ``m = len(offsets)`` distinct input
-    indices ``base(p) + offsets`` (ascending), and input index ``r`` receives the sum of
-    the kernel taps ``taps[r]`` (several taps when a padding mode folds them together).
-    ``base(p)`` is ``base0 + step * (p - start)``, or ``bases[p - start]`` when given.
-    """
-
-    start: int
-    stop: int
-    offsets: tuple[int, ...]
-    taps: tuple[tuple[int, ...], ...]
-    base0: int = 0
-    step: int = 0
-    bases: tuple[int, ...] | None = None
-
-    @property
-    def size(self) -> int:
-        """Number of output positions in the run."""
-        return self.stop - self.start
-
-    @property
-    def m(self) -> int:
-        """Distinct input indices read by each output position of the run."""
-        return len(self.offsets)
-
-    def base(self, positions: np.ndarray) -> np.ndarray:
-        """Smallest input index read at ``positions`` (int64, relative to ``start``)."""
-        if self.bases is not None:
-            return np.asarray(self.bases, dtype=np.int64)[positions]
-        return self.base0 + self.step * positions
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class AxisPlan:
-    """Which input indices each output position of one axis reads, as runs.
-
-    Only border positions (where padding drops or folds taps) are tabulated; the interior
-    is a single affine run, so a plan costs O(kernel * border), not O(output size).
-    """
-
-    runs: tuple[AxisRun, ...]
-
-    @property
-    def total(self) -> int:
-        """Entries along this axis summed over output positions (a factor of nnz)."""
-        return sum(r.size * r.m for r in self.runs)
-
-    def counts(self) -> np.ndarray:
-        """Distinct input indices read by each output position (int64, length ``out``)."""
-        return np.repeat(np.array([r.m for r in self.runs], dtype=np.int64),
-                         [r.size for r in self.runs])
-
-    def prefix(self, run: AxisRun) -> int:
-        """Entries along this axis for the positions before ``run``."""
-        return self._prefixes[run.start]
-
-    def prefix_at(self, position: int) -> int:
-        """Entries along this axis for the positions before ``position`` (0..out)."""
-        for r in self.runs:
-            if position < r.stop:
-                return self._prefixes[r.start] + (position - r.start) * r.m
-        return self.total
-
-    @functools.cached_property
-    def _prefixes(self) -> dict[int, int]:
-        out, total = {}, 0
-        for r in self.runs:
-            out[r.start] = total
-            total += r.size * r.m
-        return out
-
-
-def _border_runs(n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str,
-                 first: int, stop: int) -> list[AxisRun]:
-    """Runs of positions ``[first, stop)``, tabulating each position's taps."""
-    if first >= stop:
-        return []
-    p = np.arange(first, stop, dtype=np.int64)
-    u = stride * p[:, None] + dilation * np.arange(k, dtype=np.int64)[None, :] - pad_lo
-    q = _padded_index(u, n, mode)
-    valid = q >= 0
-    base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
-    base = np.where(valid.any(axis=1), base, 0)
-    rel = np.where(valid, q - base[:, None], -1)
-    # Positions whose relative tap pattern equals their predecessor's form a run.
-    starts = np.flatnonzero(np.concatenate(([True], (rel[1:] != rel[:-1]).any(axis=1))))
-    stops = np.append(starts[1:], len(p))
-    runs = []
-    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        row = rel[a]
-        offsets = sorted({int(v) for v in row if v >= 0})
-        taps = tuple(tuple(int(t) for t in np.flatnonzero(row == off)) for off in offsets)
-        runs.append(AxisRun(first + a, first + b, tuple(offsets), taps,
-                            bases=tuple(int(v) for v in base[a:b])))
-    return runs
-
-
-def _axis_plan(
-    n: int, k: int, stride: int, dilation: int, pad_lo: int, mode: str, out: int
-) -> AxisPlan:
-    """Runs of one axis: position ``p`` reads ``map(stride*p + dilation*t - pad_lo)``."""
-    # Interior: every tap inside the input, p >= pad_lo/stride and
-    # stride*p + dilation*(k-1) - pad_lo <= n - 1.
-    first = min(-(-pad_lo // stride), out)
-    last = min((n - 1 + pad_lo - dilation * (k - 1)) // stride, out - 1)
-    if last < first:
-        return AxisPlan(tuple(_border_runs(n, k, stride, dilation, pad_lo, mode, 0, out)))
-    interior = AxisRun(
-        first, last + 1, tuple(dilation * t for t in range(k)), tuple((t,) for t in range(k)),
-        base0=stride * first - pad_lo, step=stride,
-    )
-    return AxisPlan((
-        *_border_runs(n, k, stride, dilation, pad_lo, mode, 0, first),
-        interior,
-        *_border_runs(n, k, stride, dilation, pad_lo, mode, last + 1, out),
-    ))
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -481,7 +341,7 @@ class ConvGeometry:
     def axis_plans(self) -> tuple[AxisPlan, ...]:
         """Per-axis tap tables (see :class:`AxisPlan`)."""
         return tuple(
-            _axis_plan(n, k, s, d, lo, self.padding_mode, o)
+            axis_plan(AxisMap(n, k, s, d, lo, self.padding_mode), o)
             for n, k, s, d, (lo, _), o in zip(
                 self.input_size, self.kernel_size, self.stride, self.dilation,
                 self.padding, self.output_size, strict=True,

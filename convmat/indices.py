@@ -48,6 +48,9 @@ THREADED_MIN_NNZ = 1 << 20
 #: of about ``BLOCKED_ROW`` entries, so that the innermost loop NumPy runs is long.
 SHORT_ROW = 512
 BLOCKED_ROW = 2048
+#: Runs of the last axis with at most this many positions are gathered into groups
+#: (one box per group instead of one per run: long kernels have thousands of border runs).
+GROUP_RUN = 8
 
 
 def default_threads() -> int:
@@ -75,22 +78,11 @@ def fold_weight(weight: Any, runs: tuple[AxisRun, ...], xp: ModuleType) -> Any:
     """Weight ``(C_out, C_in/G, *kernel)`` with each axis' taps gathered for ``runs``.
 
     Returns ``F`` of shape ``(C_out, C_in/G, m_1, ..., m_D)`` with
-    ``F[..., r_1, ..., r_D] = sum over taps t_d in runs[d].taps[r_d] of weight[..., t]``.
+    ``F[..., r_1, ..., r_D] = sum over taps t_d in slot r_d of runs[d] of weight[..., t]``.
     """
     f = weight
     for d, run in enumerate(runs):
-        axis = 2 + d
-        k = f.shape[axis]
-        if run.taps == tuple((t,) for t in range(k)):
-            continue  # every tap lands on its own input index, in order
-        if all(len(ts) == 1 for ts in run.taps):
-            f = xp.take(f, xp.asarray([ts[0] for ts in run.taps], dtype=np.int64), axis=axis)
-        else:
-            parts = [
-                xp.take(f, xp.asarray(ts, dtype=np.int64), axis=axis).sum(axis=axis)
-                for ts in run.taps
-            ]
-            f = xp.stack(parts, axis=axis)
+        f = run.fold(f, 2 + d, xp)
     return f
 
 
@@ -152,47 +144,79 @@ def build_csr_arrays(
     indptr = _indptr(g, xp, q0, q1) if indices else None
 
     tasks = []
-    for runs in itertools.product(*(p.runs for p in plans)):
-        ms = [r.m for r in runs]
-        if 0 in ms:
+    group_cols = cin_g * n_in
+    last_runs = plans[-1].runs
+    last_items = _last_axis_items(last_runs) if ndim > 1 else []
+    for head in itertools.product(*(p.runs for p in plans[:-1])):
+        if any(r.m == 0 for r in head):
             continue
-        row_len = cin_g * math.prod(ms)
-        inner = _inner_offsets(runs, cin_g, n_in, axis_stride) if idx_arr is not None else None
-        folded = None
-        if data_arr is not None:
-            f = fold_weight(weight, runs, xp)
-            folded = f.reshape(groups, cout_g, *([1] * ndim), row_len)
+        head_m = math.prod(r.m for r in head)
+        head_inner = (_inner_offsets(head, cin_g, n_in, axis_stride)
+                      if idx_arr is not None else None)
+        head_folded = fold_weight(weight, (*head,), xp) if data_arr is not None else None
         for c0, c1, a, b in _pieces(q0, q1, o1):
-            first = _clip(runs[0], a, b)
-            if first is None:
-                continue
-            for g0, gn, j0, jn in _channel_segments(c0, c1, cout_g):
-                axes = [first, *(_Span(r, 0, r.size, 1) for r in runs[1:])]
-                for last in _last_axis_spans(axes[-1], row_len):
-                    spans = (*axes[:-1], last)
-                    offset = (g0 * cout_g + j0) * nnz_ch - base
+            if ndim > 1:
+                first = _clip(head[0], a, b)
+                if first is None:
+                    continue
+                head_spans = [first, *(_Span(r, 0, r.size, 1) for r in head[1:])]
+                items = last_items
+            else:
+                head_spans = []
+                items = _last_axis_items(tuple(c for c in (_clip_run(r, a, b)
+                                                           for r in last_runs) if c))
+            for item in items:
+                m_last = item.m if isinstance(item, AxisRun) else item.entries
+                if m_last == 0:
+                    continue
+                ms = [*(r.m for r in head), m_last]
+                row_len = cin_g * head_m * m_last
+                for g0, gn, j0, jn in _channel_segments(c0, c1, cout_g):
+                    offset0 = (g0 * cout_g + j0) * nnz_ch - base
                     strides = []
-                    for d, span in enumerate(spans):
+                    for d, span in enumerate(head_spans):
                         before = math.prod(ms[:d])
                         after = math.prod(totals[d + 1:])
-                        offset += cin_g * before * (
+                        offset0 += cin_g * before * (
                             plans[d].prefix(span.run) + span.first * span.run.m) * after
                         strides.append(cin_g * before * span.run.m * after * span.block)
-                    shape = (gn, jn, *(s.count for s in spans), row_len * last.block)
-                    box = _Box(spans, shape, (cout_g * nnz_ch, nnz_ch, *strides, 1), offset,
-                               g0)
-                    if inner is not None:
-                        tiled = inner
-                        if last.block > 1:  # consecutive rows of an affine run: a shift
-                            shift = np.arange(last.block, dtype=np.int64) * (
-                                last.run.step * axis_stride[-1])
-                            tiled = (shift[:, None] + inner[None, :]).ravel()
-                        box.inner = xp.asarray(tiled.astype(idx_dtype))
-                    if folded is not None:
-                        f = folded[g0:g0 + gn, j0:j0 + jn]
-                        box.folded = f if last.block == 1 else xp.tile(
-                            f, (1,) * (ndim + 2) + (last.block,))
-                    tasks.extend(box.split(TASK_ENTRIES))
+                    lead = cin_g * head_m
+                    head_shape = (gn, jn, *(s.count for s in head_spans))
+                    head_strides = (cout_g * nnz_ch, nnz_ch, *strides)
+                    if isinstance(item, _Group):
+                        offset = offset0 + lead * plans[-1].prefix_at(item.start)
+                        tasks.extend(item.boxes(
+                            head_spans, head_shape, head_strides, offset, g0, j0,
+                            head_inner, head_folded, xp, idx_dtype, data_arr, idx_arr,
+                            group_cols, axis_stride, row_len, groups))
+                        continue
+                    whole = _Span(item, 0, item.size, 1)
+                    inner = folded = None
+                    if head_inner is not None:
+                        inner = _inner_offsets((*head, item), cin_g, n_in, axis_stride)
+                    if head_folded is not None:
+                        folded = item.fold(head_folded, 1 + ndim, xp).reshape(
+                            groups, cout_g, *([1] * ndim), row_len)
+                    for last in _last_axis_spans(whole, row_len):
+                        spans = (*head_spans, last)
+                        offset = offset0 + lead * (plans[-1].prefix_at(last.run.start)
+                                                   + last.first * last.run.m)
+                        shape = (*head_shape, last.count, row_len * last.block)
+                        box = _Box(spans, shape,
+                                   (*head_strides, lead * last.run.m * last.block, 1),
+                                   offset, g0)
+                        if inner is not None:
+                            tiled = inner
+                            if last.block > 1:  # consecutive rows of an affine run: a shift
+                                shift = np.arange(last.block, dtype=np.int64) * (
+                                    last.run.step * axis_stride[-1])
+                                tiled = (shift[:, None] + inner[None, :]).ravel()
+                            box.inner = xp.asarray(tiled.astype(idx_dtype))
+                        if folded is not None:
+                            f = folded[g0:g0 + gn, j0:j0 + jn]
+                            box.folded = f if last.block == 1 else xp.tile(
+                                f, (1,) * (ndim + 2) + (last.block,))
+                        tasks.extend(box.split(TASK_ENTRIES))
 
     def write(task: tuple[_Box, int, slice]) -> None:
         box, axis, sl = task
@@ -272,6 +296,160 @@ def _clip(run: AxisRun, a: int, b: int) -> _Span | None:
     return _Span(run, lo - run.start, hi - lo, 1)
 
 
+def _clip_run(run: AxisRun, a: int, b: int) -> AxisRun | None:
+    """The positions ``[a, b)`` of ``run`` as a run of their own (None when empty)."""
+    lo, hi = max(a, run.start), min(b, run.stop)
+    if lo >= hi:
+        return None
+    if (lo, hi) == (run.start, run.stop):
+        return run
+    return dataclasses.replace(run, start=lo, stop=hi,
+                               base0=run.base0 + run.step * (lo - run.start))
+
+
+def _last_axis_items(runs: tuple[AxisRun, ...]) -> list[AxisRun | _Group]:
+    """The last axis' runs, consecutive short ones gathered into groups.
+
+    Runs of at most ``GROUP_RUN`` positions are gathered: the rows of a group are
+    contiguous, so the group is one box.
+    """
+    items: list[AxisRun | _Group] = []
+    pending: list[AxisRun] = []
+
+    def flush() -> None:
+        if len(pending) > 1:
+            items.append(_Group(tuple(pending)))
+        else:
+            items.extend(pending)
+        pending.clear()
+
+    for run in runs:
+        if run.size <= GROUP_RUN:
+            pending.append(run)
+        else:
+            flush()
+            items.append(run)
+    flush()
+    return items
+
+
+class _Group:
+    """Consecutive short runs of the last axis, written as one box.
+
+    For fixed outer indices (channel, positions on the other axes) the rows of the group's
+    positions are consecutive, so their entries form one contiguous "super-row" of
+    ``lead * entries`` values; each member's rows are written into a template of that
+    super-row (or, when the box is a single super-row, straight into the CSR arrays) by a
+    few slice assignments, instead of a box per run.
+    """
+
+    def __init__(self, runs: tuple[AxisRun, ...]) -> None:
+        self.runs = runs
+        self.start = runs[0].start
+        self.entries = sum(r.size * r.m for r in runs)
+
+    m = property(lambda self: self.entries)
+    size = 1
+
+    def base(self, positions: np.ndarray) -> np.ndarray:
+        """Zero: the templates hold the absolute last-axis columns."""
+        return np.zeros(len(np.atleast_1d(positions)), dtype=np.int64)
+
+    def boxes(self, head_spans: list[_Span], head_shape: tuple[int, ...],
+              head_strides: tuple[int, ...], offset: int, g0: int, j0: int,
+              head_inner: Any, head_folded: Any, xp: ModuleType, idx_dtype: np.dtype,
+              data_arr: Any, idx_arr: Any, group_cols: int, axis_stride: list[int],
+              row_len: int, groups: int) -> list[tuple[_Box, int, slice]]:
+        """Write the group's rows; the boxes (slabs) that remain to be written.
+
+        With one position on the other axes, every channel's super-row is written in place
+        (no workspace). Otherwise a template of one super-row per channel is filled and
+        broadcast over the other axes' positions by the box.
+        """
+        gn, jn = head_shape[:2]
+        cout_g = head_folded.shape[0] // groups if head_folded is not None else 0
+        c0 = g0 * cout_g + j0  # the segment's channels are contiguous
+        if math.prod(head_shape[2:]) == 1:
+            head_shift = sum(int(s.base(slice(0, 1))[0]) * axis_stride[d]
+                             for d, s in enumerate(head_spans))
+            for gi in range(gn):
+                first = None
+                for ji in range(jn):
+                    at = offset + gi * head_strides[0] + ji * head_strides[1]
+                    if idx_arr is not None:
+                        dst = idx_arr[at:at + row_len]
+                        if first is None:
+                            shift = (g0 + gi) * group_cols + head_shift
+                            self._fill_indices(dst, np.asarray(head_inner) + shift, xp,
+                                               idx_dtype)
+                            first = dst
+                        else:  # the same columns for every channel of a group
+                            dst[...] = first
+                    if data_arr is not None:
+                        c = c0 + gi * jn + ji
+                        self._fill_data(data_arr[at:at + row_len].reshape(1, row_len),
+                                        head_folded[c:c + 1], xp)
+            return []
+        ndim = len(head_spans) + 1
+        box = _Box((*head_spans, _Span(self, 0, 1, 1)),  # type: ignore[arg-type]
+                   (*head_shape, 1, row_len), (*head_strides, row_len, 1), offset, g0)
+        if idx_arr is not None:
+            box.inner = xp.empty(row_len, dtype=idx_dtype)
+            self._fill_indices(box.inner, np.asarray(head_inner), xp, idx_dtype)
+        if data_arr is not None:
+            data_t = xp.empty((gn * jn, row_len), dtype=data_arr.dtype)
+            self._fill_data(data_t, head_folded[c0:c0 + gn * jn], xp)
+            box.folded = data_t.reshape(gn, jn, *([1] * ndim), row_len)
+        return box.split(TASK_ENTRIES)
+
+    def _fill_indices(self, out: Any, head: np.ndarray, xp: ModuleType,
+                      idx_dtype: np.dtype) -> None:
+        lead = len(head)
+        head_x = xp.asarray(head.astype(idx_dtype))
+        line = None  # head[q] + every column of the last axis, built on first use
+        pos = 0
+        for run in self.runs:
+            m = run.m
+            if m == 0:
+                continue
+            size = run.size
+            end = pos + size * lead * m
+            seg = out[pos:end]
+            pos = end
+            if run.taps is not None and size == 1 and run.axis is not None:
+                if line is None:
+                    line = head_x[:, None] + xp.arange(run.axis.n, dtype=idx_dtype)[None, :]
+                d, b0 = run.axis.dilation, run.base0
+                if lead == 1:
+                    seg[...] = line[0, b0:b0 + d * (m - 1) + 1:d]
+                else:
+                    seg.reshape(lead, m)[...] = line[:, b0:b0 + d * (m - 1) + 1:d]
+                continue
+            offsets, _ = run.pattern()
+            cols = run.base(np.arange(size))[:, None] + offsets[None, :]
+            seg.reshape(size, lead, m)[...] = (
+                head_x[None, :, None] + xp.asarray(cols.astype(idx_dtype))[:, None, :])
+
+    def _fill_data(self, out: Any, channels: Any, xp: ModuleType) -> None:
+        k = channels.shape[-1]
+        rows = channels.reshape(channels.shape[0], -1, k)  # (C, lead, k)
+        count, lead = rows.shape[:2]
+        pos = 0
+        for run in self.runs:
+            m = run.m
+            if m == 0:
+                continue
+            size = run.size
+            end = pos + size * lead * m
+            if run.taps is not None and size == 1:  # a slice of the kernel
+                a, b = run.taps
+                out[:, pos:end].reshape(count, lead, m)[...] = rows[:, :, a:b]
+            else:
+                out[:, pos:end].reshape(count, size, lead, m)[...] = run.fold(
+                    rows, 2, xp)[:, None]
+            pos = end
+
+
 @dataclasses.dataclass(frozen=True)
 class _Span:
     """Positions ``first + block*i`` (``i < count``) of ``run``; ``block`` rows per position."""
@@ -295,7 +473,7 @@ def _last_axis_spans(span: _Span, row_len: int) -> list[_Span]:
     long row of ``block * row_len`` entries (and the remainder separately).
     """
     run = span.run
-    if row_len >= SHORT_ROW or run.bases is not None:
+    if row_len >= SHORT_ROW:
         return [span]
     block = max(1, BLOCKED_ROW // row_len)
     full = span.count // block
@@ -340,7 +518,7 @@ def _inner_offsets(runs: tuple[AxisRun, ...], cin_g: int, n_in: int,
     for d, run in enumerate(runs):
         shape = [1] * (ndim + 1)
         shape[1 + d] = run.m
-        inner = inner + (np.asarray(run.offsets, dtype=np.int64) * axis_stride[d]).reshape(shape)
+        inner = inner + (run.pattern()[0] * axis_stride[d]).reshape(shape)
     return inner.ravel()
 
 

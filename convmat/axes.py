@@ -1,0 +1,316 @@
+"""Per-axis plans: which input indices each output position of one axis reads.
+
+Output position ``p`` of an axis reads the padded input at ``u = stride*p + dilation*t - lo``
+through tap ``t < k``; the padding mode maps ``u`` back into ``[0, n)`` or drops it. Taps
+that land on the same input index are summed ("folded"). A plan splits the ``out`` output
+positions into *runs* of consecutive positions that read the same relative pattern of input
+indices, with a first index that is affine in the position, so a run of any length is
+described in O(1) and the builder writes it as one strided box.
+
+Cost
+----
+Planning never tabulates anything per position and tap where it need not:
+
+* The number ``a(p)`` of taps below the input and the number ``b(p)`` of taps below its end
+  are monotone in ``p`` and change at most ``k`` times each, at positions given by a
+  formula; so the positions split into at most ``2k + 1`` *intervals* of constant ``(a, b)``
+  in O(k log k), whatever the padding.
+* Under ``zeros`` padding an interval is a run: taps ``a..b-1`` read consecutive input
+  indices ``dilation`` apart (no tap folds), first index ``stride*p + dilation*a - lo``.
+  Intervals where every tap is in the input are the interior, under every mode.
+* ``replicate`` intervals with no tap inside the input (the far padding) are one run each:
+  the taps fold onto index 0 or ``n - 1``.
+* What is left (border positions of ``reflect``, ``circular`` and ``replicate`` that read
+  the edge and the inside, at most ``dilation*(k-1)/stride + 1`` positions per side, or up
+  to the padding, which these modes bound by ``n``) is tabulated in chunks of bounded
+  memory and split into runs; only ``m`` and the first index are kept, the pattern is
+  recomputed from the run's first position when the builder needs it.
+
+So a plan holds O(k + border runs) small objects, and planning time is O(k log k) for
+``zeros`` and O(k * border positions) vectorised work for the folding modes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PADDING_MAPS", "AxisMap", "AxisPlan", "AxisRun", "axis_plan", "padded_index"]
+
+
+# --------------------------------------------------------------------------- padding modes
+def _zeros(u: np.ndarray, n: int) -> np.ndarray:
+    return np.where((u >= 0) & (u < n), u, -1)
+
+
+def _reflect(u: np.ndarray, n: int) -> np.ndarray:
+    u = np.where(u < 0, -u, u)
+    return np.where(u > n - 1, 2 * (n - 1) - u, u)
+
+
+def _replicate(u: np.ndarray, n: int) -> np.ndarray:
+    return np.clip(u, 0, n - 1)
+
+
+def _circular(u: np.ndarray, n: int) -> np.ndarray:
+    return np.mod(u, n)
+
+
+#: Padding mode -> index map of padded positions ``u`` (input coordinates) to input indices
+#: (-1: dropped). ``reflect`` mirrors without repeating the edge (NumPy ``reflect``),
+#: ``replicate`` clamps (NumPy ``edge``), ``circular`` wraps (NumPy ``wrap``). Validation
+#: (``geometry``) guarantees one reflection or wrap suffices.
+PADDING_MAPS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "zeros": _zeros,
+    "reflect": _reflect,
+    "replicate": _replicate,
+    "circular": _circular,
+}
+
+
+def padded_index(u: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """Input indices read at padded positions ``u`` of an axis of size ``n`` (-1: dropped).
+
+    Examples
+    --------
+    >>> padded_index(np.arange(-2, 5), 3, "reflect").tolist()
+    [2, 1, 0, 1, 2, 1, 0]
+    """
+    return PADDING_MAPS[mode](np.asarray(u, dtype=np.int64), n)
+
+
+# --------------------------------------------------------------------------- one axis
+@dataclasses.dataclass(frozen=True)
+class AxisMap:
+    """The arguments of one axis: position ``p`` reads ``map(stride*p + dilation*t - lo)``."""
+
+    n: int
+    k: int
+    stride: int
+    dilation: int
+    lo: int
+    mode: str
+
+    def tap_counts(self, p: int) -> tuple[int, int]:
+        """``(a, b)``: taps ``t < a`` fall below the input, taps ``t >= b`` beyond its end.
+
+        ``a = clip(ceil((lo - stride*p) / dilation), 0, k)`` and
+        ``b = clip(floor((n - 1 + lo - stride*p) / dilation) + 1, 0, k)``; ``a <= b``.
+        """
+        s, d, k = self.stride, self.dilation, self.k
+        a = min(max(-((s * p - self.lo) // d), 0), k)
+        b = min(max((self.n - 1 + self.lo - s * p) // d + 1, 0), k)
+        return a, b
+
+    def intervals(self, out: int) -> list[tuple[int, int, int, int]]:
+        """``(start, stop, a, b)``: the positions ``[0, out)`` split where ``(a, b)`` changes.
+
+        ``a(p) >= t`` exactly for ``p < ceil((lo - dilation*(t-1)) / stride)`` and
+        ``b(p) >= t`` for ``p < floor((n - 1 + lo - dilation*(t-1)) / stride) + 1``
+        (``t = 1..k``): at most ``2k`` cuts, found in O(k log k) whatever the padding.
+        """
+        s, d, lo, n = self.stride, self.dilation, self.lo, self.n
+        cuts = {0, out}
+        for t in range(1, self.k + 1):
+            for c in (-((d * (t - 1) - lo) // s), (n - 1 + lo - d * (t - 1)) // s + 1):
+                if 0 < c < out:
+                    cuts.add(c)
+        edges = sorted(cuts)
+        return [(p0, p1, *self.tap_counts(p0)) for p0, p1 in zip(edges[:-1], edges[1:],
+                                                                  strict=True)]
+
+    def table(self, first: int, count: int) -> np.ndarray:
+        """Input index (-1: dropped) that positions ``first .. first+count-1`` read per tap.
+
+        Shape ``(count, k)``; the large offset ``stride*first - lo`` is taken in Python ints.
+        """
+        u0 = self.stride * first - self.lo
+        u = (np.arange(count, dtype=np.int64)[:, None] * self.stride
+             + np.arange(self.k, dtype=np.int64)[None, :] * self.dilation + u0)
+        return padded_index(u, self.n, self.mode)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisRun:
+    """Consecutive output positions ``[start, stop)`` of one axis that share a tap pattern.
+
+    Every position ``p`` of the run reads the ``m`` distinct input indices
+    ``base(p) + offsets`` (ascending), ``base(p) = base0 + step*(p - start)``. Input index
+    ``offsets[r]`` receives the sum of the kernel taps ``t`` with ``slots[t] == r``.
+
+    ``taps=(a, b)`` marks the common case where taps ``a..b-1`` read one index each,
+    ``dilation`` apart (``offsets = dilation*arange(m)``), and the other taps are dropped;
+    otherwise the pattern is recomputed from ``axis`` at position ``start``.
+    """
+
+    start: int
+    stop: int
+    m: int
+    base0: int = 0
+    step: int = 0
+    taps: tuple[int, int] | None = None
+    axis: AxisMap | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of output positions in the run."""
+        return self.stop - self.start
+
+    def base(self, positions: np.ndarray) -> np.ndarray:
+        """Smallest input index read at ``positions`` (int64, relative to ``start``)."""
+        return self.base0 + self.step * np.asarray(positions, dtype=np.int64)
+
+    def pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, slots)``: int64 offsets (length ``m``) and each tap's slot (-1: dropped)."""
+        if self.taps is not None:
+            a, b = self.taps
+            k = self.axis.k if self.axis is not None else b
+            d = self.axis.dilation if self.axis is not None else 1
+            slots = np.full(k, -1, dtype=np.int64)
+            slots[a:b] = np.arange(b - a)
+            return d * np.arange(b - a, dtype=np.int64), slots
+        assert self.axis is not None  # every other run is made with its axis
+        q = self.axis.table(self.start, 1)[0]
+        valid = q >= 0
+        values = np.unique(q[valid])
+        slots = np.where(valid, np.searchsorted(values, q), -1)
+        return values - values[0], slots
+
+    def fold(self, weight: Any, axis: int, xp: ModuleType) -> Any:
+        """``weight`` with its taps along ``axis`` summed into this run's ``m`` slots."""
+        if self.taps is not None:
+            a, b = self.taps
+            if (a, b) == (0, weight.shape[axis]):
+                return weight  # every tap reads its own index, in order
+            index = [slice(None)] * weight.ndim
+            index[axis] = slice(a, b)
+            return weight[tuple(index)]
+        _, slots = self.pattern()
+        taps = np.flatnonzero(slots >= 0)
+        order = taps[np.argsort(slots[taps], kind="stable")]
+        sorted_slots = slots[order]
+        starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        # One tap per slot first, then the folded extras: small groups layer by layer
+        # (each layer a scatter onto distinct slots), large ones (a replicated edge) summed.
+        out = xp.take(weight, xp.asarray(order[starts]), axis=axis)
+        moved = xp.moveaxis(out, axis, -1)
+        src = xp.moveaxis(weight, axis, -1)
+        large = sizes > 4
+        for r in np.flatnonzero(large).tolist():
+            group = order[starts[r]:starts[r] + sizes[r]]
+            moved[..., r] = src[..., xp.asarray(group)].sum(axis=-1)
+        for layer in range(1, int(sizes[~large].max(initial=1))):
+            pick = np.flatnonzero(~large & (sizes > layer))
+            if len(pick):
+                moved[..., xp.asarray(pick)] += src[..., xp.asarray(order[starts[pick] + layer])]
+        return xp.moveaxis(moved, -1, axis)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisPlan:
+    """The runs of one axis, in order; together they cover every output position."""
+
+    runs: tuple[AxisRun, ...]
+
+    @functools.cached_property
+    def total(self) -> int:
+        """Entries along this axis summed over output positions (a factor of nnz)."""
+        return sum(r.size * r.m for r in self.runs)
+
+    def counts(self) -> np.ndarray:
+        """Distinct input indices read by each output position (int64, length ``out``)."""
+        return np.repeat(np.array([r.m for r in self.runs], dtype=np.int64),
+                         [r.size for r in self.runs])
+
+    def prefix(self, run: AxisRun) -> int:
+        """Entries along this axis for the positions before ``run``."""
+        return self._prefixes[run.start]
+
+    def prefix_at(self, position: int) -> int:
+        """Entries along this axis for the positions before ``position`` (0..out)."""
+        starts, prefixes = self._table
+        i = bisect.bisect_right(starts, position) - 1
+        if i < 0:
+            return 0
+        r = self.runs[i]
+        return prefixes[i] + (min(position, r.stop) - r.start) * r.m
+
+    @functools.cached_property
+    def _table(self) -> tuple[list[int], list[int]]:
+        starts = [r.start for r in self.runs]
+        return starts, [self._prefixes[s] for s in starts]
+
+    @functools.cached_property
+    def _prefixes(self) -> dict[int, int]:
+        out, total = {}, 0
+        for r in self.runs:
+            out[r.start] = total
+            total += r.size * r.m
+        return out
+
+
+#: Entries of a border table tabulated at once (bounds the planning workspace).
+TABLE_ENTRIES = 1 << 18
+
+
+def _tabulated_runs(axis: AxisMap, first: int, stop: int) -> list[AxisRun]:
+    """Runs of positions ``[first, stop)``, tabulated in chunks of bounded memory.
+
+    A run continues while the relative pattern is the same and the first index moves by
+    the same step.
+    """
+    runs: list[AxisRun] = []
+    chunk = max(1, TABLE_ENTRIES // axis.k)
+    prev_rel: np.ndarray | None = None
+    prev_base = cur_start = cur_base = cur_m = 0
+    cur_step: int | None = None
+    for c0 in range(first, stop, chunk):
+        q = axis.table(c0, min(chunk, stop - c0))
+        valid = q >= 0
+        base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
+        base = np.where(valid.any(axis=1), base, 0)
+        rel = np.where(valid, q - base[:, None], -1)
+        srt = np.sort(q, axis=1)
+        distinct = ((srt >= 0) & np.r_["1", np.ones((len(q), 1), bool),
+                                       srt[:, 1:] != srt[:, :-1]]).sum(axis=1)
+        for i in range(len(q)):
+            p, b, row = c0 + i, int(base[i]), rel[i]
+            same = prev_rel is not None and np.array_equal(row, prev_rel)
+            if same and (cur_step is None or b - prev_base == cur_step):
+                if cur_step is None:
+                    cur_step = b - prev_base
+            else:
+                if prev_rel is not None:
+                    runs.append(AxisRun(cur_start, p, cur_m, cur_base, cur_step or 0,
+                                        axis=axis))
+                cur_start, cur_base, cur_m, cur_step = p, b, int(distinct[i]), None
+            prev_rel, prev_base = row, b
+    if prev_rel is not None:
+        runs.append(AxisRun(cur_start, stop, cur_m, cur_base, cur_step or 0, axis=axis))
+    return runs
+
+
+@functools.lru_cache(maxsize=64)
+def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
+    """The runs of an axis with ``out`` output positions (see the module docstring)."""
+    s, d, lo, n, k = axis.stride, axis.dilation, axis.lo, axis.n, axis.k
+    runs: list[AxisRun] = []
+    for p0, p1, a, b in axis.intervals(out):
+        step = s if p1 - p0 > 1 else 0
+        if axis.mode == "zeros" or (a, b) == (0, k):
+            base0 = s * p0 + d * a - lo if b > a else 0
+            runs.append(AxisRun(p0, p1, b - a, base0, step if b > a else 0, taps=(a, b),
+                                axis=axis))
+        elif axis.mode == "replicate" and a == b:  # every tap folds onto an edge
+            m = 1 if a in (0, k) or n == 1 else 2
+            runs.append(AxisRun(p0, p1, m, 0 if a > 0 else n - 1, 0, axis=axis))
+        else:
+            runs.extend(_tabulated_runs(axis, p0, p1))
+    return AxisPlan(tuple(runs))
