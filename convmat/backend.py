@@ -10,6 +10,8 @@ their dtype, and a CSC view (``W.T``) stays a CSC view.
 
 from __future__ import annotations
 
+import numbers
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -17,6 +19,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_MEMORY_SHARE",
+    "ConvMatrixTooLarge",
+    "available_memory",
+    "format_bytes",
+    "memory_limit",
     "CUPY_INT64_INDICES",
     "array_namespace",
     "check_index_dtype",
@@ -161,6 +168,76 @@ def device_memory_budget(xp: ModuleType) -> tuple[int, str]:
     return budget, where
 
 
+# --------------------------------------------------------------------------- memory guard
+class ConvMatrixTooLarge(MemoryError):
+    """The requested matrix would need more memory than allowed (``max_bytes``)."""
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in B, KiB, MiB or GiB.
+
+    Examples
+    --------
+    >>> format_bytes(1536), format_bytes(3 * 2**30)
+    ('1.5 KiB', '3.0 GiB')
+    """
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: Share of available memory a build may take when ``max_bytes`` is not given.
+DEFAULT_MEMORY_SHARE = 0.5
+
+
+def memory_limit(max_bytes: int | None, xp: Any = np, *, share: float = DEFAULT_MEMORY_SHARE,
+                 sharers: int = 1) -> tuple[int | None, str]:
+    """``(limit, source)``: the bytes an allocation may take, and where the limit comes from.
+
+    ``max_bytes=None`` allows ``share`` of the memory currently available, divided among
+    ``sharers`` processes that allocate at once (MPI ranks on one node): host memory for
+    NumPy, and for CuPy the device's free memory plus the memory pool's free bytes (within
+    the pool's limit). ``None`` when that memory cannot be known.
+    """
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+            raise TypeError(f"max_bytes must be an int or None, got {max_bytes!r} "
+                            f"({type(max_bytes).__name__})")
+        limit = int(max_bytes)
+        if limit < 0:
+            raise ValueError(f"max_bytes must be >= 0, got max_bytes={limit}")
+        return limit, "max_bytes"
+    if xp is np:
+        avail, where = available_memory(), "available"
+    else:
+        avail, where = device_memory_budget(xp)
+    if avail is None:
+        return None, "unknown"
+    per = f" / {sharers} processes on this node" if sharers > 1 else ""
+    return int(avail * share) // max(1, sharers), (
+        f"default: {share:.0%} of {format_bytes(avail)} {where}{per}")
+
+
+
 # --------------------------------------------------------------------------- moving data
 def _cupy() -> ModuleType:
     """Import CuPy for an explicit move to the GPU, with a readable error if it cannot."""
@@ -183,7 +260,13 @@ def _sparse_format(m: Any) -> str:
     return fmt
 
 
-def to_gpu(obj: Any) -> Any:
+def _nbytes(obj: Any) -> int:
+    if hasattr(obj, "indptr"):
+        return int(obj.data.nbytes + obj.indices.nbytes + obj.indptr.nbytes)
+    return int(np.asarray(obj).nbytes)
+
+
+def to_gpu(obj: Any, *, max_bytes: int | None = None, nbytes: int | None = None) -> Any:
     """Move ``obj`` to the GPU: arrays, SciPy sparse matrices, :class:`ConvOperator`.
 
     A ``numpy.ndarray`` becomes a ``cupy.ndarray``; a SciPy CSR (CSC) matrix a
@@ -201,9 +284,12 @@ def to_gpu(obj: Any) -> Any:
         A sparse format other than CSR/CSC.
     ValueError
         int64 indices on a CuPy older than 14.1 (see :func:`check_index_dtype`).
+    ConvMatrixTooLarge
+        The copy needs more than ``max_bytes`` (default: half of the GPU's free memory,
+        see :func:`memory_limit`); ``nbytes`` overrides the bytes counted.
     """
     if hasattr(obj, "to_gpu"):
-        return obj.to_gpu()
+        return obj.to_gpu(max_bytes=max_bytes)
     if is_cupy_array(obj) or is_cupy_sparse(obj):
         return obj
     import scipy.sparse
@@ -211,6 +297,12 @@ def to_gpu(obj: Any) -> Any:
     sparse = scipy.sparse.issparse(obj)
     fmt = _sparse_format(obj) if sparse else ""
     cp = _cupy()
+    need = _nbytes(obj) if nbytes is None else nbytes
+    limit, source = memory_limit(max_bytes, cp)
+    if limit is not None and need > limit:
+        raise ConvMatrixTooLarge(
+            f"moving {type(obj).__name__} of {need:,} bytes ({format_bytes(need)}) to the GPU "
+            f"needs more than the limit of {limit:,} bytes ({source})")
     if sparse:
         check_index_dtype(obj.indices.dtype, cp, what="the matrix")
         return csr_container(cp, fmt)(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["phantom"]
@@ -25,14 +27,32 @@ _SHEPP_LOGAN = (
 def phantom(n: int = 128) -> np.ndarray:
     """The modified Shepp-Logan phantom, ``n x n`` float64 in ``[0, 1]``.
 
+    Parameters
+    ----------
+    n : int
+        Rows and columns, an int (Python or NumPy) >= 2; the image spans ``[-1, 1]`` on
+        both axes.
+
+    Returns
+    -------
+    numpy.ndarray
+        The ``(n, n)`` image, intensities added where ellipses overlap, then clipped to
+        ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not an int >= 2 (a bool is not an int here).
+
     Examples
     --------
     >>> img = phantom(64)
     >>> img.shape, float(img.min()), float(img.max())
     ((64, 64), 0.0, 1.0)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
         raise ValueError(f"phantom size n must be an int >= 2, got n={n!r}")
+    n = int(n)
     y, x = np.mgrid[1:-1:n * 1j, -1:1:n * 1j]
     img = np.zeros((n, n))
     for value, a, b, x0, y0, deg in _SHEPP_LOGAN:

@@ -15,14 +15,20 @@ import dataclasses
 import functools
 import math
 import numbers
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .axes import PADDING_MAPS, AxisMap, AxisPlan, AxisRun, axis_plan
-from .backend import check_index_dtype, device_memory_budget
+from .backend import (
+    DEFAULT_MEMORY_SHARE,
+    ConvMatrixTooLarge,
+    available_memory,
+    check_index_dtype,
+    format_bytes,
+    memory_limit,
+)
 
 __all__ = [
     "INDEX_LIMIT",
@@ -31,13 +37,16 @@ __all__ = [
     "AxisPlan",
     "AxisRun",
     "ConvGeometry",
+    "DEFAULT_MEMORY_SHARE",
     "ConvMatrixTooLarge",
     "available_memory",
+    "check_memory",
     "conv_geometry",
     "conv_output_size",
     "conv_transpose_geometry",
     "conv_transpose_output_size",
     "dilated_kernel_size",
+    "memory_limit",
     "output_shape",
 ]
 
@@ -45,18 +54,14 @@ __all__ = [
 SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
 #: PyTorch's ``padding_mode`` values.
 PADDING_MODES = tuple(PADDING_MAPS)
+#: The builder (:mod:`convmat.indices`) writes pending boxes once their tables hold this
+#: many bytes, so its workspace stays bounded; :attr:`ConvGeometry.workspace_bytes` counts it.
+BATCH_BYTES = 4 << 20
+#: Bytes of Python objects a pending box holds beside its tables (an upper estimate).
+BOX_OVERHEAD = 1024
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
-
-# Bytes of workspace the builder may hold beside the finished CSR (per-box tables, tiled
-# kernels); see :mod:`convmat.indices`. Counted in ``peak_bytes``.
-_WORKSPACE_BYTES = 64 * 2**20
-
-
-class ConvMatrixTooLarge(MemoryError):
-    """The requested matrix would need more memory than allowed (``max_bytes``)."""
-
 
 # --------------------------------------------------------------------------- per-axis formulas
 
@@ -384,14 +389,53 @@ class ConvGeometry:
     def peak_bytes(self) -> int:
         """Upper bound of the memory the build holds at its peak.
 
-        The matrix is written in place (CSR plus bounded workspace). A transposed matrix is
-        written directly when ``W.T`` is itself a convolution (stride 1, zero padding);
-        otherwise it is converted from the forward CSR, so both are alive at once.
+        The matrix is written in place (CSR plus :attr:`workspace_bytes`). A transposed
+        matrix is written directly when ``W.T`` is itself a convolution (stride 1, zero
+        padding); otherwise it is converted from the forward CSR, so both are alive at once.
         """
-        forward = self._csr_bytes(self.conv_shape[0])
         if self.transposed and self.adjoint is None:
-            return forward + self._csr_bytes(self.conv_shape[1]) + _WORKSPACE_BYTES
-        return self.nbytes + min(_WORKSPACE_BYTES, forward // 4)
+            return (self._csr_bytes(self.conv_shape[0]) + self.workspace_bytes
+                    + self.conversion_bytes)
+        return self.nbytes + self.workspace_bytes
+
+    @property
+    def conversion_bytes(self) -> int:
+        """Bytes that converting the forward CSR into the CSR of its transpose allocates.
+
+        The transposed CSR and SciPy's counters (``csr_tocsc`` keeps one index per column).
+        """
+        rows, cols = self.conv_shape
+        return self._csr_bytes(cols) + (max(rows, cols) + 1) * self.index_dtype.itemsize
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Upper bound of the builder's temporaries beside the CSR arrays.
+
+        Row lengths for ``indptr`` (one index per row), the per-box tables (a row's column
+        offsets and the folded kernel of every output channel, over at most one blocked
+        row, see :mod:`convmat.indices`), the templates of grouped border rows (one row of
+        the last axis per output channel, when there are other axes), the weight folded
+        twice, and the plan's objects. Bounded by the problem, not a fixed allowance.
+        """
+        plans = self.axis_plans
+        idx, item = self.index_dtype.itemsize, self.itemsize
+        cin_g = self.in_channels // self.groups
+        widest = [max((r.m for r in p.runs), default=0) for p in plans]
+        row = cin_g * math.prod(widest)
+        blocked = min(max(row, 2 * 2048), row * self.output_size[-1])  # rows in a block
+        one = (self.out_channels + 2) * blocked * (item + 8)  # one box's tables
+        # Pending boxes (pieces x channel segments x blocks per product of runs): each holds
+        # tables for distinct entries of W, so all of them together at most nnz entries.
+        boxes = 6 * math.prod(len(p.runs) for p in plans)
+        tables = one + min(BATCH_BYTES, boxes * BOX_OVERHEAD + self.nnz * (item + idx + 8))
+        group = 0
+        if self.ndim > 1:
+            head = cin_g * math.prod(widest[:-1])
+            group = head * (plans[-1].total * (idx + 8 + self.out_channels * item)
+                            + self.input_size[-1] * idx)
+        weight = 2 * self.out_channels * cin_g * math.prod(self.kernel_size) * item
+        objects = 512 * sum(len(p.runs) for p in plans)
+        return (self.conv_shape[0] + 1) * idx + tables + group + weight + objects
 
     @property
     def adjoint(self) -> ConvGeometry | None:
@@ -445,22 +489,15 @@ class ConvGeometry:
         """Shape, nnz, density and bytes in one line."""
         return (
             f"shape={self.shape}, nnz={self.nnz:,}, density={self.density:.3g}, "
-            f"dtype={self.dtype}, {_format_bytes(self.nbytes)}"
+            f"dtype={self.dtype}, {format_bytes(self.nbytes)}"
         )
 
     def __repr__(self) -> str:
         return f"ConvGeometry({self.describe()}; {self.summary()})"
 
 
-def _format_bytes(n: float) -> str:
-    """``n`` bytes in B, KiB, MiB or GiB."""
-    if n < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            break
-    return f"{n:.1f} {unit}"
+#: Kept for callers that used the private name; use :func:`convmat.backend.format_bytes`.
+_format_bytes = format_bytes
 
 
 # --------------------------------------------------------------------------- constructors
@@ -773,53 +810,22 @@ def output_shape(
 # --------------------------------------------------------------------------- memory guard
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-#: Share of available memory a build may take when ``max_bytes`` is not given.
-DEFAULT_MEMORY_SHARE = 0.5
-
-
 def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "W",
-                 xp: Any = np) -> None:
+                 xp: Any = np, peak: int | None = None) -> None:
     """Refuse (``ConvMatrixTooLarge``) a build whose peak would exceed ``max_bytes``.
 
-    ``max_bytes=None`` allows half of the memory currently available: host memory for
-    NumPy, and for CuPy the device's free memory plus the memory pool's free bytes (within
-    the pool's limit). On CuPy, int64 indices also need CuPy >= 14.1 (``ValueError``).
+    ``peak`` is the bytes the operation allocates (default ``geometry.peak_bytes``, a
+    whole build); ``max_bytes=None`` allows half of the available memory, see
+    :func:`memory_limit`. On CuPy, int64 indices also need CuPy >= 14.1 (``ValueError``).
     """
     check_index_dtype(geometry.index_dtype, xp, what=what)
-    if max_bytes is None:
-        if xp is np:
-            avail, where = available_memory(), "available"
-        else:
-            avail, where = device_memory_budget(xp)
-        if avail is None:
-            return
-        limit, source = int(avail * DEFAULT_MEMORY_SHARE), (
-            f"default: {DEFAULT_MEMORY_SHARE:.0%} of {_format_bytes(avail)} {where}"
-        )
-    else:
-        limit = _as_int("max_bytes", max_bytes)
-        if limit < 0:
-            raise ValueError(f"max_bytes must be >= 0, got max_bytes={limit}")
-        source = "max_bytes"
-    peak = geometry.peak_bytes
+    limit, source = memory_limit(max_bytes, xp)
+    if limit is None:
+        return
+    peak = geometry.peak_bytes if peak is None else peak
     if peak > limit:
         raise ConvMatrixTooLarge(
             f"{what} of shape {geometry.shape} with nnz={geometry.nnz:,} needs "
-            f"{peak:,} bytes at peak ({_format_bytes(peak)}; the CSR alone is "
+            f"{peak:,} bytes at peak ({format_bytes(peak)}; the CSR alone is "
             f"{geometry.nbytes:,} bytes), over the limit of {limit:,} bytes ({source})"
         )

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import AxisRun, ConvGeometry
+from .geometry import BATCH_BYTES, BOX_OVERHEAD, AxisRun, ConvGeometry
 
 __all__ = ["build_csr_arrays", "fold_weight"]
 
@@ -143,7 +143,43 @@ def build_csr_arrays(
     idx_arr = xp.empty(nnz, dtype=idx_dtype) if indices else None
     indptr = _indptr(g, xp, q0, q1) if indices else None
 
-    tasks = []
+    def write(task: tuple[_Box, int, slice]) -> None:
+        box, axis, sl = task
+        index = [slice(None)] * len(box.shape)
+        index[axis] = sl
+        sub = tuple(index)
+        if idx_arr is not None:
+            view = _as_strided(xp, idx_arr, box.offset, box.shape, box.strides)[sub]
+            outer = _outer_table(box, sub, cin_g * n_in, axis_stride, xp, idx_dtype)
+            xp.add(outer, box.inner, out=view)
+        if data_arr is not None:
+            view = _as_strided(xp, data_arr, box.offset, box.shape, box.strides)[sub]
+            f = box.folded[sub[:2]] if axis < 2 else box.folded
+            view[...] = f
+
+    workers = threads if threads is not None else default_threads()
+    threaded = xp is np and workers > 1 and nnz >= THREADED_MIN_NNZ
+    tasks: list[tuple[_Box, int, slice]] = []
+    held = [0]  # bytes of the templates the pending tasks hold
+
+    def run_pending() -> None:
+        if threaded and len(tasks) > 1:
+            list(thread_pool().map(write, tasks))
+        else:
+            for task in tasks:
+                write(task)
+        tasks.clear()
+        held[0] = 0
+
+    def add(boxes: list[tuple[_Box, int, slice]]) -> None:
+        if boxes:
+            box = boxes[0][0]
+            held[0] += BOX_OVERHEAD + sum(int(getattr(box, name).nbytes) for name in
+                                          ("inner", "folded") if hasattr(box, name))
+            tasks.extend(boxes)
+            if held[0] > BATCH_BYTES:  # bound the workspace: write what is pending
+                run_pending()
+
     group_cols = cin_g * n_in
     last_runs = plans[-1].runs
     last_items = _last_axis_items(last_runs) if ndim > 1 else []
@@ -185,7 +221,7 @@ def build_csr_arrays(
                     head_strides = (cout_g * nnz_ch, nnz_ch, *strides)
                     if isinstance(item, _Group):
                         offset = offset0 + lead * plans[-1].prefix_at(item.start)
-                        tasks.extend(item.boxes(
+                        add(item.boxes(
                             head_spans, head_shape, head_strides, offset, g0, j0,
                             head_inner, head_folded, xp, idx_dtype, data_arr, idx_arr,
                             group_cols, axis_stride, row_len, groups))
@@ -216,28 +252,9 @@ def build_csr_arrays(
                             f = folded[g0:g0 + gn, j0:j0 + jn]
                             box.folded = f if last.block == 1 else xp.tile(
                                 f, (1,) * (ndim + 2) + (last.block,))
-                        tasks.extend(box.split(TASK_ENTRIES))
+                        add(box.split(TASK_ENTRIES))
 
-    def write(task: tuple[_Box, int, slice]) -> None:
-        box, axis, sl = task
-        index = [slice(None)] * len(box.shape)
-        index[axis] = sl
-        sub = tuple(index)
-        if idx_arr is not None:
-            view = _as_strided(xp, idx_arr, box.offset, box.shape, box.strides)[sub]
-            outer = _outer_table(box, sub, cin_g * n_in, axis_stride, xp, idx_dtype)
-            xp.add(outer, box.inner, out=view)
-        if data_arr is not None:
-            view = _as_strided(xp, data_arr, box.offset, box.shape, box.strides)[sub]
-            f = box.folded[sub[:2]] if axis < 2 else box.folded
-            view[...] = f
-
-    workers = threads if threads is not None else default_threads()
-    if xp is np and workers > 1 and nnz >= THREADED_MIN_NNZ and len(tasks) > 1:
-        list(thread_pool().map(write, tasks))
-    else:
-        for task in tasks:
-            write(task)
+    run_pending()
     return data_arr, idx_arr, indptr
 
 

@@ -9,13 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, linear_operator_class, same_backend, to_cpu, to_gpu
-from .geometry import (
-    ConvGeometry,
-    _check_dtype,
-    _format_bytes,
-    check_memory,
+from .backend import (
+    array_namespace,
+    format_bytes,
+    is_cupy_sparse,
+    linear_operator_class,
+    same_backend,
+    to_cpu,
+    to_gpu,
 )
+from .geometry import ConvGeometry, _check_dtype, check_memory
 from .indices import build_csr_arrays
 from .matrix import (
     _check_finite,
@@ -124,6 +127,7 @@ class ConvOperator(GeometryShapes):
             groups=groups, padding_mode=padding_mode,
         )
         check_memory(geometry, max_bytes, xp=xp)
+        weight = _owned(weight, xp)
         self._set(geometry, assemble(geometry, weight, xp), xp, weight)
 
     @classmethod
@@ -160,6 +164,7 @@ class ConvOperator(GeometryShapes):
         )
         forward = geometry.T
         check_memory(forward, max_bytes, xp=xp)
+        weight = _owned(weight, xp)
         return cls._from(forward, assemble(forward, weight, xp), xp, weight).T
 
     @classmethod
@@ -175,6 +180,23 @@ class ConvOperator(GeometryShapes):
         self.weight = weight
         self._xp = xp
         self._adjoints = {}
+
+    # ---------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """The state, with the array module replaced by its name (modules do not pickle)."""
+        state = dict(self.__dict__)
+        state["_xp"] = "numpy" if self._xp is np else "cupy"
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state["_xp"] == "numpy":
+            state["_xp"] = np
+        else:
+            import cupy  # the pickled operator lived on the GPU
+
+            state["_xp"] = cupy
+        self.__dict__.update(state)
 
     # ---------------------------------------------------------------- attributes
     @property
@@ -220,12 +242,28 @@ class ConvOperator(GeometryShapes):
         return self.apply(x)
 
     def apply(self, x: Any) -> Any:
-        """``W @ x`` for a vector, a shaped input, a batch or a block of columns."""
+        """``W @ x`` for a vector, a shaped input, a batch or a block of columns.
+
+        A sparse block of columns ``(cols, k)`` (SciPy or CuPy sparse, on the operator's
+        backend) gives the sparse product. NumPy masked arrays are refused: the product
+        would silently use the values under the mask.
+        """
+        rows, cols = self.shape
+        if _is_sparse(x):
+            same_backend("x", x, self._xp, "the operator")
+            if len(x.shape) != 2 or x.shape[0] != cols:
+                raise ValueError(
+                    f"sparse x of shape {tuple(x.shape)} does not fit the operator "
+                    f"{rows}x{cols}: a sparse x must be a block of columns ({cols}, k)")
+            return self.matrix @ x
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                "x is a masked array; W @ x would use the values under its mask. Pass "
+                "x.filled(0) (masked entries as zeros) or x.data explicitly")
         same_backend("x", x, self._xp, "the operator")
         x = np.asarray(x) if self._xp is np else x
         if x.dtype.kind not in "biufc":
             raise TypeError(f"x must be a numeric array, got dtype {x.dtype}")
-        rows, cols = self.shape
         ins, outs = self.input_shape, self.output_shape
         w = self.matrix
         if x.ndim == 1 and x.shape[0] == cols:
@@ -247,7 +285,9 @@ class ConvOperator(GeometryShapes):
         """A ``LinearOperator`` (matvec, rmatvec, matmat, adjoint) on the operator's backend.
 
         ``scipy.sparse.linalg.LinearOperator`` on the CPU,
-        ``cupyx.scipy.sparse.linalg.LinearOperator`` on the GPU.
+        ``cupyx.scipy.sparse.linalg.LinearOperator`` on the GPU. It is an instance of a
+        module-level class (``convmat.operator.ConvLinearOperator``, or
+        ``CupyConvLinearOperator``), so it pickles with the operator it wraps.
 
         Examples
         --------
@@ -256,32 +296,8 @@ class ConvOperator(GeometryShapes):
         >>> A.shape, A.rmatvec(np.ones(6)).shape
         ((6, 8), (8,))
         """
-        LinearOperator: Any = linear_operator_class(self._xp)  # noqa: N806 - a class
-        op = self
-
-        class _ConvLinearOperator(LinearOperator):
-            def __init__(self) -> None:
-                super().__init__(dtype=op.dtype, shape=op.shape)
-
-            def _matvec(self, x: Any) -> Any:
-                return op.matrix @ x
-
-            def _rmatvec(self, y: Any) -> Any:
-                return op.H.matrix @ y
-
-            def _matmat(self, x: Any) -> Any:
-                return op.matrix @ x
-
-            def _rmatmat(self, y: Any) -> Any:
-                return op.H.matrix @ y
-
-            def _adjoint(self) -> Any:
-                return op.H.aslinearoperator()
-
-            def _transpose(self) -> Any:
-                return op.T.aslinearoperator()
-
-        return _ConvLinearOperator()
+        name = "ConvLinearOperator" if self._xp is np else "CupyConvLinearOperator"
+        return _linear_operator_class(name)(self)
 
     # ---------------------------------------------------------------- devices
     @property
@@ -289,12 +305,23 @@ class ConvOperator(GeometryShapes):
         """``'cpu'`` (NumPy/SciPy) or ``'gpu'`` (CuPy)."""
         return "cpu" if self._xp is np else "gpu"
 
-    def to_gpu(self) -> ConvOperator:
+    def to_gpu(self, *, max_bytes: int | None = None) -> ConvOperator:
         """The same operator on the GPU (CuPy): matrix and weight copied, nothing rebuilt.
 
-        Returns ``self`` when it is already there. Needs CuPy; see :func:`convmat.to_gpu`.
+        Returns ``self`` when it is already there. The bytes copied (matrix and weight) are
+        checked first against ``max_bytes`` (default: half of the GPU's free memory, see
+        :func:`convmat.to_gpu`); needs CuPy.
         """
-        return self._moved(to_gpu)
+        if self._xp is not np:
+            return self
+        m = self.matrix
+        pending = [int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes + self.weight.nbytes)]
+
+        def move(obj: Any) -> Any:  # the first move checks the room for both
+            need = pending.pop() if pending else 0
+            return to_gpu(obj, max_bytes=max_bytes, nbytes=need)
+
+        return self._moved(move)
 
     def to_cpu(self) -> ConvOperator:
         """The same operator on the CPU (SciPy): the inverse of :meth:`to_gpu`.
@@ -319,10 +346,12 @@ class ConvOperator(GeometryShapes):
             return self
         return ConvOperator._from(self.geometry, move(self.matrix), xp, weight)
 
-    def with_weight(self, weight: Any) -> ConvOperator:
+    def with_weight(self, weight: Any, *, max_bytes: int | None = None) -> ConvOperator:
         """The same geometry with another weight: only ``data`` is rebuilt.
 
-        The index arrays are shared with this operator (they depend on the geometry only).
+        The index arrays are shared with this operator (they depend on the geometry only);
+        the new operator owns a copy of ``weight``. ``max_bytes`` bounds the new ``data``
+        and the build's workspace, as in :func:`convmat.conv_matrix`.
 
         Examples
         --------
@@ -345,13 +374,16 @@ class ConvOperator(GeometryShapes):
             )
         forward = dataclasses.replace(forward, dtype=_check_dtype(weight.dtype))
         _check_finite(weight, xp)
+        check_memory(forward, max_bytes, xp=xp, what="the new data of W",
+                     peak=forward.nnz * forward.itemsize + forward.workspace_bytes)
+        weight = _owned(weight, xp)
         base = self.T.matrix if transposed else self.matrix
         data, _, _ = build_csr_arrays(forward, _conv_weight(forward, weight), xp, indices=False)
         w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
         op = ConvOperator._from(forward, w, xp, weight)
         return op.T if transposed else op
 
-    def adjoint_csr(self) -> Any:
+    def adjoint_csr(self, *, max_bytes: int | None = None) -> Any:
         """CSR matrix of the adjoint ``W^H`` (``op.H.matrix`` is a CSC view).
 
         ``W`` itself when ``W^H == W`` (a symmetric kernel with symmetric padding: treat the
@@ -359,7 +391,8 @@ class ConvOperator(GeometryShapes):
         (stride 1, zero padding: the flipped kernel, see ``ConvGeometry.adjoint``); the
         forward CSR when this operator is an adjoint; otherwise converted from ``W``.
         Sparse products with it run at the speed of ``W @ x``, which a CSC view does not
-        always.
+        always. What it allocates is checked against ``max_bytes`` first (default: half
+        of the available memory), as for a build.
 
         Examples
         --------
@@ -369,20 +402,29 @@ class ConvOperator(GeometryShapes):
         (0, 'csr')
         """
         g = self.geometry
+        xp = self._xp
         conj = self.dtype.kind == "c"
+        forward = g.T if g.transposed else g
         if g.transposed:  # the adjoint of an adjoint is the forward CSR
-            forward = self.matrix.T
-            return forward.conj() if conj else forward
+            check_memory(forward, max_bytes, xp=xp, what="W^H",
+                         peak=forward.nnz * forward.itemsize if conj else 0)
+            w = self.matrix.T
+            return w.conj() if conj else w
         adjoint = g.adjoint
         if adjoint is None:
-            return self.H.matrix.tocsr()
-        flipped = adjoint_weight(g, _conv_weight(g, self.weight), self._xp)
+            check_memory(g.T, max_bytes, xp=xp, what="W^H", peak=g.conversion_bytes)
+            wh = self.matrix.T.tocsr()
+            if conj:  # in place: W.conj().T would copy the data once more
+                xp.conjugate(wh.data, out=wh.data)
+            return wh
+        flipped = adjoint_weight(g, _conv_weight(g, self.weight), xp)
         if conj:
             flipped = flipped.conj()
-        if adjoint == g and bool(self._xp.array_equal(flipped, _conv_weight(g, self.weight))):
+        if adjoint == g and bool(xp.array_equal(flipped, _conv_weight(g, self.weight))):
             return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
-        data, indices, indptr = build_csr_arrays(adjoint, flipped, self._xp)
-        return from_arrays(adjoint, data, indices, indptr, self._xp, transposed=False)
+        check_memory(adjoint, max_bytes, xp=xp, what="W^H")
+        data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
+        return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
 
     # ---------------------------------------------------------------- display
     #: Largest matrix (stored entries) that gets a pattern thumbnail in ``_repr_html_``.
@@ -410,7 +452,7 @@ class ConvOperator(GeometryShapes):
             ("nnz", f"{self.nnz:,}"),
             ("density", f"{self.nnz / (self.shape[0] * self.shape[1]):.3g}"),
             ("dtype", self.dtype),
-            ("bytes", f"{self.nbytes:,} ({_format_bytes(self.nbytes)})"),
+            ("bytes", f"{self.nbytes:,} ({format_bytes(self.nbytes)})"),
         ]
         if g.transposed and any(g.output_padding):
             rows.insert(6, ("output padding", g.output_padding))
@@ -432,12 +474,81 @@ class ConvOperator(GeometryShapes):
         backend = "" if self._xp is np else ", backend=cupy"
         return (
             f"ConvOperator({g.describe()}; shape={self.shape}, nnz={self.nnz:,}, "
-            f"dtype={self.dtype}, {_format_bytes(self.nbytes)}{backend})"
+            f"dtype={self.dtype}, {format_bytes(self.nbytes)}{backend})"
         )
 
 
+def _is_sparse(x: Any) -> bool:
+    import scipy.sparse
+
+    return bool(scipy.sparse.issparse(x)) or is_cupy_sparse(x)
+
+
+def _owned(weight: Any, xp: ModuleType) -> Any:
+    """A private copy of ``weight`` (read-only on the host): an operator owns what it uses.
+
+    ``adjoint_csr`` and ``with_weight`` rebuild from the weight; a caller that changes its
+    array afterwards must not change the operator.
+    """
+    own = xp.array(weight, copy=True)
+    if xp is np:
+        own.flags.writeable = False
+    return own
+
+
+def _linear_operator_class(name: str) -> Any:
+    """``ConvLinearOperator`` (SciPy) or ``CupyConvLinearOperator``, made once per process.
+
+    Module attributes, so that pickle finds them by name (see ``__getattr__``).
+    """
+    cls = globals().get(name)
+    if cls is not None:
+        return cls
+    import sys
+
+    base: Any = linear_operator_class(np if name == "ConvLinearOperator" else sys.modules.get(
+        "cupy") or __import__("cupy"))
+
+    class _Cls(base):
+        """A :class:`ConvOperator` as a LinearOperator: products with ``W`` and ``W^H``."""
+
+        def __init__(self, op: ConvOperator) -> None:
+            self.op = op
+            super().__init__(dtype=op.dtype, shape=op.shape)
+
+        def _matvec(self, x: Any) -> Any:
+            return self.op.matrix @ x
+
+        def _rmatvec(self, y: Any) -> Any:
+            return self.op.H.matrix @ y
+
+        def _matmat(self, x: Any) -> Any:
+            return self.op.matrix @ x
+
+        def _rmatmat(self, y: Any) -> Any:
+            return self.op.H.matrix @ y
+
+        def _adjoint(self) -> Any:
+            return self.op.H.aslinearoperator()
+
+        def _transpose(self) -> Any:
+            return self.op.T.aslinearoperator()
+
+    _Cls.__name__ = _Cls.__qualname__ = name
+    _Cls.__module__ = __name__
+    globals()[name] = _Cls
+    return _Cls
+
+
+def __getattr__(name: str) -> Any:
+    """The LinearOperator classes, made on first use (so unpickling finds them)."""
+    if name in ("ConvLinearOperator", "CupyConvLinearOperator"):
+        return _linear_operator_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
-                      dtype: Any = np.float64) -> ConvOperator:
+                      dtype: Any = np.float64, max_bytes: int | None = None) -> ConvOperator:
     """Forward differences along every spatial axis, as one convolution operator.
 
     ``input_shape`` is ``(C, *spatial)``; give ``ndim=len(input_shape)`` for a spatial-only
@@ -478,4 +589,4 @@ def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
     weight = np.tile(kernels[:, None], (channels, 1) + (1,) * ndim)
     full_shape = (channels, *spatial)
     return ConvOperator(weight, full_shape, padding=((0, 1),) * ndim, groups=channels,
-                        padding_mode="replicate")
+                        padding_mode="replicate", max_bytes=max_bytes)

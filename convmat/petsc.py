@@ -23,12 +23,14 @@ Example, run as ``mpiexec -n 4 python deblur.py``::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .geometry import ConvGeometry, ConvMatrixTooLarge, _format_bytes, available_memory
+from .backend import ConvMatrixTooLarge, format_bytes, memory_limit
+from .geometry import ConvGeometry
 from .indices import build_csr_arrays
 from .matrix import _conv_weight, prepare_conv
 from .operator import GeometryShapes
@@ -119,6 +121,36 @@ def conv_matrix(
     return _assemble(PETSc, comm, geometry, weight, max_bytes)
 
 
+#: Environment variables in which MPI launchers give the number of ranks on this node.
+LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                        "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+
+
+def ranks_on_node(comm: Any) -> int:
+    """Ranks of ``comm`` that share this node's memory (each gets its part of the default).
+
+    From MPI itself (``MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`` through mpi4py) when
+    available, else from the launcher's environment (Open MPI, MPICH, MVAPICH, Slurm), else
+    every rank of ``comm`` (the safe assumption: all on one node).
+    """
+    try:
+        mpi_comm = comm.tompi4py()
+        from mpi4py import MPI
+
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return max(1, int(node.Get_size()))
+        finally:
+            node.Free()
+    except (ImportError, AttributeError, RuntimeError):  # no mpi4py, or no shared split
+        pass
+    for name in LOCAL_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), comm.getSize())
+    return max(1, comm.getSize())
+
+
 def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noqa: N803
               max_bytes: int | None) -> Any:
     scalar = np.dtype(PETSc.ScalarType)
@@ -140,12 +172,11 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noq
     share = local_nnz * (scalar.itemsize + index.itemsize) + (local_rows + 1) * index.itemsize
     chunks = _chunks(geometry, q0, q1, CHUNK_BYTES)
     peak = share + max((_chunk_bytes(geometry, a, b, scalar, index) for a, b in chunks), default=0)
-    limit = max_bytes if max_bytes is not None else (
-        None if available_memory() is None else int(0.5 * (available_memory() or 0)))
+    limit, source = memory_limit(max_bytes, sharers=ranks_on_node(comm))
     if limit is not None and peak > limit:
         raise ConvMatrixTooLarge(
             f"rank {rank}: its share of W (nnz={local_nnz:,}) needs {peak:,} bytes at peak "
-            f"({_format_bytes(peak)}), over the limit of {limit:,} bytes"
+            f"({format_bytes(peak)}), over the limit of {limit:,} bytes ({source})"
         )
     geometry = geometry if geometry.dtype == scalar.name else _with_dtype(geometry, scalar)
     w = np.ascontiguousarray(_conv_weight(geometry, weight), dtype=scalar)
