@@ -178,14 +178,14 @@ def format_bytes(n: float) -> str:
 
     Examples
     --------
-    >>> format_bytes(1536), format_bytes(3 * 2**30)
-    ('1.5 KiB', '3.0 GiB')
+    >>> format_bytes(1536), format_bytes(3 * 2**30), format_bytes(2**70)
+    ('1.5 KiB', '3.0 GiB', '1024.0 EiB')
     """
     if n < 1024:
         return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB"):
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         n /= 1024
-        if n < 1024 or unit == "GiB":
+        if n < 1024 or unit == "EiB":
             break
     return f"{n:.1f} {unit}"
 

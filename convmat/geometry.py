@@ -545,6 +545,9 @@ def _build(
             f"expected ndim {len(shape) + 1} {layout} for input (C, *spatial), or ndim "
             f"{len(shape)} (a one-channel kernel) for a spatial-only input_shape"
         )
+    if w_out <= 0 or w_in <= 0:
+        raise ValueError(f"weight shape {wshape} has a channel axis <= 0; channel counts must "
+                         "be >= 1")
     ndim = len(spatial)
     for d, k in enumerate(kernel):
         if k <= 0:
@@ -570,8 +573,7 @@ def _build(
                 f"weight.shape[1]={w_in} times groups={groups} must equal input channels "
                 f"input_shape[0]={c_in}"
             )
-    if w_out == 0 or w_in == 0:
-        raise ValueError(f"weight shape {wshape} has an empty channel axis")
+
 
     stride_t = _per_axis("stride", stride, ndim)
     _positive("stride", stride_t)

@@ -281,6 +281,10 @@ def _split_batch(x: Any, ndim: int, name: str) -> tuple[Any, bool]:
 
 
 def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, Any]) -> Any:
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array; the convolution would use the values under its mask. "
+            f"Pass {name}.filled(0) (masked entries as zeros) or {name}.data explicitly")
     weight, xp = _as_weight(weight)
     same_backend(name, x, xp, "the weight")
     x = np.asarray(x) if xp is np else x
@@ -302,7 +306,7 @@ def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, 
     check_memory(forward, max_bytes, xp=xp)
     w = assemble(forward, weight, xp)
     w = w.T if transposed else w
-    flat = xb.reshape(xb.shape[0], -1)
+    flat = xb.reshape(xb.shape[0], w.shape[1])  # explicit: -1 cannot be inferred for N=0
     y = (w @ flat.T).T.reshape((xb.shape[0], *geometry.output_shape))
     return y[0] if unbatched else y
 
