@@ -30,7 +30,7 @@ __all__ = [
 def _pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - exercised without matplotlib only
+    except ImportError as exc:
         raise ImportError("convmat.viz needs matplotlib: pip install matplotlib "
                           "(or convmat[viz])") from exc
     return plt

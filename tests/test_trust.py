@@ -356,3 +356,23 @@ def test_operator_module_names_only_its_linear_operator_classes():
     with pytest.raises(AttributeError, match=r"module 'convmat.operator' has no attribute "
                                              r"'Nope'"):
         convmat.operator.Nope  # noqa: B018 - the lookup is the test
+
+
+def test_transposed_channel_refusals():
+    with pytest.raises(ValueError, match=r"weight.shape\[0\]=4 \(transposed-conv input "
+                                         r"channels\) must equal input_shape\[0\]=3"):
+        convmat.conv_transpose_geometry((4, 1, 3), (3, 8))
+    with pytest.raises(ValueError, match=r"groups=2 must divide in_channels=3"):
+        convmat.conv_transpose_geometry((3, 1, 3), (3, 8), groups=2)
+
+
+def test_viz_without_matplotlib_says_how_to_install(monkeypatch):
+    import sys
+
+    import convmat.viz
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"convmat.viz needs matplotlib: pip install "
+                                          r"matplotlib \(or convmat\[viz\]\)"):
+        convmat.viz.spy(ConvOperator(np.ones((2, 2)), (3, 3)))
