@@ -115,14 +115,23 @@ class AxisMap:
         ``b(p) >= t`` for ``p < floor((n - 1 + lo - dilation*(t-1)) / stride) + 1``
         (``t = 1..k``): at most ``2k`` cuts, found in O(k log k) whatever the padding.
         """
-        s, d, lo, n = self.stride, self.dilation, self.lo, self.n
-        cuts = {0, out}
-        for t in range(1, self.k + 1):
-            for c in (-((d * (t - 1) - lo) // s), (n - 1 + lo - d * (t - 1)) // s + 1):
+        s, d, lo, n, k = self.stride, self.dilation, self.lo, self.n, self.k
+        if max(abs(lo), n, d * k, s * out) < 2**61:  # vectorised in int64
+            t = np.arange(k, dtype=np.int64) * d
+            cuts = np.concatenate(((lo - t + s - 1) // s, (n - 1 + lo - t) // s + 1, [0, out]))
+            edges = np.unique(cuts[(cuts >= 0) & (cuts <= out)])
+            p = edges[:-1]
+            a = np.clip(-((s * p - lo) // d), 0, k)
+            b = np.clip((n - 1 + lo - s * p) // d + 1, 0, k)
+            return list(zip(p.tolist(), edges[1:].tolist(), a.tolist(), b.tolist(),
+                            strict=True))
+        cut_set = {0, out}  # Python ints: paddings beyond int64
+        for tt in range(k):
+            for c in (-((d * tt - lo) // s), (n - 1 + lo - d * tt) // s + 1):
                 if 0 < c < out:
-                    cuts.add(c)
-        edges = sorted(cuts)
-        return [(p0, p1, *self.tap_counts(p0)) for p0, p1 in zip(edges[:-1], edges[1:],
+                    cut_set.add(c)
+        bounds = sorted(cut_set)
+        return [(p0, p1, *self.tap_counts(p0)) for p0, p1 in zip(bounds[:-1], bounds[1:],
                                                                   strict=True)]
 
     def table(self, first: int, count: int) -> np.ndarray:
@@ -136,7 +145,7 @@ class AxisMap:
         return padded_index(u, self.n, self.mode)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class AxisRun:
     """Consecutive output positions ``[start, stop)`` of one axis that share a tap pattern.
 
@@ -156,11 +165,11 @@ class AxisRun:
     step: int = 0
     taps: tuple[int, int] | None = None
     axis: AxisMap | None = None
+    #: Number of output positions in the run (``stop - start``).
+    size: int = dataclasses.field(init=False)
 
-    @property
-    def size(self) -> int:
-        """Number of output positions in the run."""
-        return self.stop - self.start
+    def __post_init__(self) -> None:
+        self.size = self.stop - self.start
 
     def base(self, positions: np.ndarray) -> np.ndarray:
         """Smallest input index read at ``positions`` (int64, relative to ``start``)."""

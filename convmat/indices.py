@@ -421,50 +421,55 @@ class _Group:
 
     def _fill_indices(self, out: Any, head: np.ndarray, xp: ModuleType,
                       idx_dtype: np.dtype) -> None:
+        """Columns of the super-row: ``[position][head q][slot r]``, ``head[q] + column``."""
         lead = len(head)
         head_x = xp.asarray(head.astype(idx_dtype))
         line = None  # head[q] + every column of the last axis, built on first use
-        pos = 0
+        pieces = []
         for run in self.runs:
             m = run.m
             if m == 0:
                 continue
-            size = run.size
-            end = pos + size * lead * m
-            seg = out[pos:end]
-            pos = end
-            if run.taps is not None and size == 1 and run.axis is not None:
-                if line is None:
+            if run.taps is not None and run.size == 1 and run.axis is not None:
+                if line is None:  # a one-to-one run reads a strided slice of the line
                     line = head_x[:, None] + xp.arange(run.axis.n, dtype=idx_dtype)[None, :]
                 d, b0 = run.axis.dilation, run.base0
-                if lead == 1:
-                    seg[...] = line[0, b0:b0 + d * (m - 1) + 1:d]
-                else:
-                    seg.reshape(lead, m)[...] = line[:, b0:b0 + d * (m - 1) + 1:d]
+                piece = line[:, b0:b0 + d * (m - 1) + 1:d]
+                pieces.append(piece[0] if lead == 1 else piece.reshape(-1))
                 continue
             offsets, _ = run.pattern()
-            cols = run.base(np.arange(size))[:, None] + offsets[None, :]
-            seg.reshape(size, lead, m)[...] = (
-                head_x[None, :, None] + xp.asarray(cols.astype(idx_dtype))[:, None, :])
+            cols = run.base(np.arange(run.size))[:, None] + offsets[None, :]
+            pieces.append((head_x[None, :, None]
+                           + xp.asarray(cols.astype(idx_dtype))[:, None, :]).reshape(-1))
+        _concatenate(xp, pieces, out)
 
     def _fill_data(self, out: Any, channels: Any, xp: ModuleType) -> None:
+        """Values of the super-row per channel (``out`` is ``(channels, row)``)."""
         k = channels.shape[-1]
         rows = channels.reshape(channels.shape[0], -1, k)  # (C, lead, k)
         count, lead = rows.shape[:2]
-        pos = 0
+        pieces = []
         for run in self.runs:
             m = run.m
             if m == 0:
                 continue
-            size = run.size
-            end = pos + size * lead * m
-            if run.taps is not None and size == 1:  # a slice of the kernel
+            if run.taps is not None and run.size == 1:  # a slice of the kernel
                 a, b = run.taps
-                out[:, pos:end].reshape(count, lead, m)[...] = rows[:, :, a:b]
+                piece = rows[:, :, a:b]
+                pieces.append(piece[:, 0] if lead == 1 else piece.reshape(count, -1))
             else:
-                out[:, pos:end].reshape(count, size, lead, m)[...] = run.fold(
-                    rows, 2, xp)[:, None]
-            pos = end
+                folded = run.fold(rows, 2, xp)[:, None]
+                pieces.append(xp.broadcast_to(folded, (count, run.size, lead, m)).reshape(
+                    count, -1))
+        _concatenate(xp, pieces, out)
+
+
+def _concatenate(xp: ModuleType, pieces: list[Any], out: Any) -> None:
+    """``out[..., :] = concatenate(pieces, axis=-1)``, written in place."""
+    if len(pieces) == 1:
+        out[...] = pieces[0]
+    elif pieces:
+        xp.concatenate(pieces, axis=-1, out=out)
 
 
 @dataclasses.dataclass(frozen=True)
