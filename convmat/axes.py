@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PADDING_MAPS", "AxisMap", "AxisPlan", "AxisRun", "axis_plan", "padded_index"]
+__all__ = ["PADDING_MAPS", "AxisMap", "AxisPlan", "AxisRun", "axis_plan", "fold_table",
+           "padded_index"]
 
 
 # --------------------------------------------------------------------------- padding modes
@@ -185,11 +186,11 @@ class AxisRun:
             slots[a:b] = np.arange(b - a)
             return d * np.arange(b - a, dtype=np.int64), slots
         assert self.axis is not None  # every other run is made with its axis
-        q = self.axis.table(self.start, 1)[0]
-        valid = q >= 0
-        values = np.unique(q[valid])
-        slots = np.where(valid, np.searchsorted(values, q), -1)
-        return values - values[0], slots
+        q = self.axis.table(self.start, 1)
+        order, entry, _, cols = fold_table(q)
+        slots = np.empty(q.shape[1], dtype=np.int64)
+        slots[order[0]] = entry[0]
+        return cols - cols[0], slots
 
     def fold(self, weight: Any, axis: int, xp: ModuleType) -> Any:
         """``weight`` with its taps along ``axis`` summed into this run's ``m`` slots."""
@@ -266,43 +267,60 @@ class AxisPlan:
 
 
 #: Entries of a border table tabulated at once (bounds the planning workspace).
-TABLE_ENTRIES = 1 << 18
+TABLE_ENTRIES = 1 << 16
+
+
+def fold_table(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct indices and tap slots of tabulated positions ``q`` (``(P, k)``, none dropped).
+
+    Returns ``(order, entry, m, cols)``: ``order[p]`` sorts the taps of row ``p`` by input
+    index (stably, so folded taps keep their order), ``entry[p, j]`` is the entry of the
+    concatenated rows that tap ``order[p, j]`` adds to, ``m[p]`` the distinct indices of row
+    ``p`` and ``cols`` those indices, row after row, ascending (``sum(m)`` of them).
+    """
+    order = np.argsort(q, axis=1, kind="stable")
+    qs = np.take_along_axis(q, order, axis=1)
+    new = np.ones(q.shape, dtype=bool)
+    new[:, 1:] = qs[:, 1:] != qs[:, :-1]
+    m = new.sum(axis=1)
+    entry = np.cumsum(new, axis=1) - 1 + (np.cumsum(m) - m)[:, None]
+    return order, entry, m, qs[new]
 
 
 def _tabulated_runs(axis: AxisMap, first: int, stop: int) -> list[AxisRun]:
-    """Runs of positions ``[first, stop)``, tabulated in chunks of bounded memory.
+    """Runs of positions ``[first, stop)`` under a folding mode, tabulated in chunks.
 
     A run continues while the relative pattern is the same and the first index moves by
-    the same step.
+    the same step. Each chunk is compared and counted in vectorised form; only the run
+    boundaries are walked in Python.
     """
     runs: list[AxisRun] = []
-    chunk = max(1, TABLE_ENTRIES // axis.k)
-    prev_rel: np.ndarray | None = None
-    prev_base = cur_start = cur_base = cur_m = 0
-    cur_step: int | None = None
+    chunk = max(2, TABLE_ENTRIES // axis.k)
+    last_rel: np.ndarray | None = None
+    last_base = base0 = m0 = 0
+    start: int | None = None
+    step: int | None = None
     for c0 in range(first, stop, chunk):
         q = axis.table(c0, min(chunk, stop - c0))
-        valid = q >= 0
-        base = np.where(valid, q, np.iinfo(np.int64).max).min(axis=1)
-        base = np.where(valid.any(axis=1), base, 0)
-        rel = np.where(valid, q - base[:, None], -1)
-        srt = np.sort(q, axis=1)
-        distinct = ((srt >= 0) & np.r_["1", np.ones((len(q), 1), bool),
-                                       srt[:, 1:] != srt[:, :-1]]).sum(axis=1)
-        for i in range(len(q)):
-            p, b, row = c0 + i, int(base[i]), rel[i]
-            same = prev_rel is not None and np.array_equal(row, prev_rel)
-            if same and (cur_step is None or b - prev_base == cur_step):
-                if cur_step is None:
-                    cur_step = b - prev_base
+        base = q.min(axis=1)
+        rel = q - base[:, None]
+        same = np.empty(len(q), dtype=bool)
+        same[1:] = (rel[1:] == rel[:-1]).all(axis=1)
+        same[0] = last_rel is not None and bool(np.array_equal(rel[0], last_rel))
+        m = fold_table(q)[2]
+        for i, (is_same, b, mi) in enumerate(zip(same.tolist(), base.tolist(), m.tolist(),
+                                                 strict=True)):
+            p = c0 + i
+            if is_same and (step is None or b - last_base == step):
+                step = b - last_base
             else:
-                if prev_rel is not None:
-                    runs.append(AxisRun(cur_start, p, cur_m, cur_base, cur_step or 0,
-                                        axis=axis))
-                cur_start, cur_base, cur_m, cur_step = p, b, int(distinct[i]), None
-            prev_rel, prev_base = row, b
-    if prev_rel is not None:
-        runs.append(AxisRun(cur_start, stop, cur_m, cur_base, cur_step or 0, axis=axis))
+                if start is not None:
+                    runs.append(AxisRun(start, p, m0, base0, step or 0, axis=axis))
+                start, base0, m0, step = p, b, mi, None
+            last_base = b
+        last_rel = rel[-1].copy()
+    if start is not None:
+        runs.append(AxisRun(start, stop, m0, base0, step or 0, axis=axis))
     return runs
 
 
@@ -311,15 +329,27 @@ def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
     """The runs of an axis with ``out`` output positions (see the module docstring)."""
     s, d, lo, n, k = axis.stride, axis.dilation, axis.lo, axis.n, axis.k
     runs: list[AxisRun] = []
+    pending: list[int] = []  # [first, stop) of consecutive intervals to tabulate
+
+    def flush() -> None:
+        if pending:
+            runs.extend(_tabulated_runs(axis, pending[0], pending[1]))
+            pending.clear()
+
     for p0, p1, a, b in axis.intervals(out):
         step = s if p1 - p0 > 1 else 0
         if axis.mode == "zeros" or (a, b) == (0, k):
+            flush()
             base0 = s * p0 + d * a - lo if b > a else 0
             runs.append(AxisRun(p0, p1, b - a, base0, step if b > a else 0, taps=(a, b),
                                 axis=axis))
         elif axis.mode == "replicate" and a == b:  # every tap folds onto an edge
+            flush()
             m = 1 if a in (0, k) or n == 1 else 2
             runs.append(AxisRun(p0, p1, m, 0 if a > 0 else n - 1, 0, axis=axis))
+        elif pending:
+            pending[1] = p1
         else:
-            runs.extend(_tabulated_runs(axis, p0, p1))
+            pending.extend((p0, p1))
+    flush()
     return AxisPlan(tuple(runs))

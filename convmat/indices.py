@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .axes import TABLE_ENTRIES, AxisMap, fold_table
+from .backend import csr_container
 from .geometry import BATCH_BYTES, BOX_OVERHEAD, AxisRun, ConvGeometry
 
 __all__ = ["build_csr_arrays", "fold_weight"]
@@ -364,6 +366,20 @@ class _Group:
         self.runs = runs
         self.start = runs[0].start
         self.entries = sum(r.size * r.m for r in runs)
+        # Consecutive one-position runs of a folding mode are tabulated together (a _Block)
+        self.parts: list[AxisRun | _Block] = []
+        for run in runs:
+            if run.m == 0:
+                continue
+            last = self.parts[-1] if self.parts else None
+            if run.taps is None and run.size == 1 and run.axis is not None:
+                if (isinstance(last, _Block) and last.stop == run.start
+                        and (last.stop - last.start + 1) * run.axis.k <= TABLE_ENTRIES):
+                    last.stop = run.stop
+                    continue
+                self.parts.append(_Block(run.axis, run.start, run.stop))
+            else:
+                self.parts.append(run)
 
     m = property(lambda self: self.entries)
     size = 1
@@ -426,10 +442,11 @@ class _Group:
         head_x = xp.asarray(head.astype(idx_dtype))
         line = None  # head[q] + every column of the last axis, built on first use
         pieces = []
-        for run in self.runs:
-            m = run.m
-            if m == 0:
+        for run in self.parts:
+            if isinstance(run, _Block):
+                pieces.append(run.indices(head, xp, idx_dtype))
                 continue
+            m = run.m
             if run.taps is not None and run.size == 1 and run.axis is not None:
                 if line is None:  # a one-to-one run reads a strided slice of the line
                     line = head_x[:, None] + xp.arange(run.axis.n, dtype=idx_dtype)[None, :]
@@ -449,10 +466,11 @@ class _Group:
         rows = channels.reshape(channels.shape[0], -1, k)  # (C, lead, k)
         count, lead = rows.shape[:2]
         pieces = []
-        for run in self.runs:
-            m = run.m
-            if m == 0:
+        for run in self.parts:
+            if isinstance(run, _Block):
+                pieces.append(run.data(rows, xp))
                 continue
+            m = run.m
             if run.taps is not None and run.size == 1:  # a slice of the kernel
                 a, b = run.taps
                 piece = rows[:, :, a:b]
@@ -462,6 +480,65 @@ class _Group:
                 pieces.append(xp.broadcast_to(folded, (count, run.size, lead, m)).reshape(
                     count, -1))
         _concatenate(xp, pieces, out)
+
+
+class _Block:
+    """Consecutive positions ``[start, stop)`` of a folding mode, one run each, tabulated.
+
+    Their rows are computed together from one table (``axes.fold_table``): the distinct
+    columns of every row at once, and the folded values as one sparse product (each row's
+    taps summed into its entries), so a long kernel's border costs vectorised work, not a
+    Python step per position.
+    """
+
+    def __init__(self, axis: AxisMap, start: int, stop: int) -> None:
+        self.axis, self.start, self.stop = axis, start, stop
+        self._tables: tuple[Any, ...] | None = None
+
+    def _table(self) -> tuple[Any, ...]:
+        if self._tables is None:
+            q = self.axis.table(self.start, self.stop - self.start)
+            order, entry, m, cols = fold_table(q)
+            self._tables = (order, entry, m, cols, int(m.sum()))
+        return self._tables
+
+    def _layout(self, lead: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the super-row ``[position][q][r]``: each entry's ``q`` and its column entry."""
+        _, _, m, _, total = self._table()
+        starts = np.cumsum(m) - m
+        counts = lead * m
+        rep = np.repeat(np.arange(len(m)), counts)
+        local = np.arange(lead * total) - np.repeat(lead * starts, counts)
+        q, r = np.divmod(local, m[rep])
+        return q, starts[rep] + r
+
+    def indices(self, head: np.ndarray, xp: ModuleType, idx_dtype: np.dtype) -> Any:
+        """Columns of the block's rows: ``head[q] + column``, ``[position][q][r]``."""
+        cols = self._table()[3]
+        if len(head) == 1:
+            return xp.asarray((cols + head[0]).astype(idx_dtype))
+        q, entry = self._layout(len(head))
+        return xp.asarray((head[q] + cols[entry]).astype(idx_dtype))
+
+    def data(self, rows: Any, xp: ModuleType) -> Any:
+        """Folded values ``(C, len)`` of the block's rows for ``rows`` ``(C, lead, k)``."""
+        order, entry, _, _, total = self._table()
+        count, lead, k = rows.shape
+        # one row per (position, tap): entry e gets the sum of its taps
+        gather = csr_container(xp)(
+            (xp.ones(order.size, dtype=rows.dtype),
+             xp.asarray(order.ravel()), xp.asarray(_row_pointers(entry, total))),
+            shape=(total, k))
+        values = (gather @ rows.reshape(count * lead, k).T).T  # (C*lead, total)
+        if lead == 1:
+            return values
+        q, col = self._layout(lead)
+        return values.reshape(count, lead * total)[:, xp.asarray(q * total + col)]
+
+
+def _row_pointers(entry: np.ndarray, total: int) -> np.ndarray:
+    """CSR row pointers of the (entry, tap) pairs, rows = entries (entries ascend per row)."""
+    return np.concatenate(([0], np.cumsum(np.bincount(entry.ravel(), minlength=total))))
 
 
 def _concatenate(xp: ModuleType, pieces: list[Any], out: Any) -> None:
