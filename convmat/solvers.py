@@ -16,6 +16,11 @@ Per-iteration cost is kept close to its two sparse products: ``W`` and an explic
 ``LinearOperator`` over them (``W`` is never copied), and BLAS is held to one thread
 around the vector work when ``threadpoolctl`` is installed (multi-threaded BLAS on short
 vectors costs more than it saves).
+
+Every method solves the same problem from any start (``damp`` damps ``x``, not ``x - x0``
+as SciPy's ``x0`` would), each sample is solved scaled by a power of two so that any
+finite ``y`` stays inside float64's range, and every ``stop_reason`` states what holds;
+see :func:`deconvolve`'s Notes.
 """
 
 from __future__ import annotations
@@ -23,13 +28,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, linear_operator_class, same_backend, to_gpu
+from .backend import (
+    array_namespace,
+    is_cupy_array,
+    linear_operator_class,
+    same_backend,
+    to_gpu,
+)
 from .indices import default_threads, thread_pool
 from .operator import ConvOperator, gradient_operator
 
@@ -37,18 +49,35 @@ __all__ = ["DeconvolutionResult", "cgls", "deconvolve", "lsqr"]
 
 METHODS = ("lsqr", "lsmr", "cgls")
 
-# SciPy's istop codes for lsqr and lsmr (and ours), in words.
+# SciPy's istop codes for lsqr and lsmr (and ours), in words. Code 0 ("the start is
+# already a solution") has several true readings, told apart by _start_reason.
 _STOP_REASONS = {
-    0: "y is zero: x = 0 is the exact solution",
-    1: "residual small: W x = y to within atol and btol (a consistent system)",
-    2: "least-squares solution: normal-equation residual within atol",
+    # A x = b is the stacked system [W; lam D; damp I] x = [y; 0; 0]; x0 = 0 without a
+    # start. lsqr and lsmr test ||A|| and ||x - x0|| through their estimates; cgls stops
+    # on 1 when ||b - A x|| <= btol ||b||, which implies the test stated.
+    1: "residual small: ||b - A x|| <= btol ||b|| + atol ||A|| ||x - x0|| (the test for "
+       "a consistent system)",
+    2: "least-squares solution: the normal-equation residual ||A^H (b - A x)|| is within "
+       "atol (relative to ||A|| ||b - A x||; for cgls, to its value at x0)",
     3: "condition number estimate of the system exceeds conlim",
     4: "residual small to machine precision (a consistent system)",
     5: "least-squares solution to machine precision",
     6: "condition number estimate too large for machine precision",
     7: "iteration limit reached (maxiter)",
 }
+_Y_IS_ZERO = "y is zero: x = 0 is the exact solution"
 _CONVERGED = {0, 1, 2, 4, 5}
+
+#: Largest ``damp`` and ``lam`` accepted. The solvers square them, and CGLS squares the
+#: normal-equation residual, which from a start ``x0`` is about ``damp**2 ||x0||``: its
+#: square ``damp**4 ||x0||**2`` must stay inside float64's range (1.8e308). 1e50 keeps
+#: ``damp**4 <= 1e200``, with a factor 1e108 left for the norms of ``W``, of ``x0`` and of
+#: ``y`` (scaled to ``max|y| < 1``). No meaningful problem needs more: once
+#: ``damp > ||W|| / sqrt(eps)`` (``~1e8 ||W||``), ``W^H W + damp^2 I`` rounds to
+#: ``damp^2 I`` and the solution is ``W^H y / damp^2`` to machine precision; once
+#: ``lam ||D|| > ||W|| / sqrt(eps)``, ``x`` is the least-squares solution restricted to the
+#: null space of ``D`` to machine precision.
+MAX_DAMP = 1e50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,21 +224,46 @@ class _System:
         return self.xp.concatenate([y, self.xp.zeros(self.k, dtype=y.dtype)])
 
     def linear_operator(self, tick: Callable[[], None] | None = None) -> Any:
-        LinearOperator = linear_operator_class(self.xp)  # noqa: N806 - a class
-        rmatvec = self.rmatvec
-        if tick is not None:
-            calls = [0]
+        return _linear_operator(self.xp, self.shape, self.dtype, self.matvec, self.rmatvec,
+                                tick)
 
-            def rmatvec(u: Any) -> Any:
-                # SciPy's lsqr and lsmr apply A^H once before their loop, then once per
-                # iteration: tick from the second call on.
-                if calls[0]:
-                    tick()
-                calls[0] += 1
-                return self.rmatvec(u)
 
-        return LinearOperator(self.shape, matvec=self.matvec, rmatvec=rmatvec,
-                              dtype=self.dtype)
+def _linear_operator(xp: ModuleType, shape: tuple[int, int], dtype: Any,
+                     matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any],
+                     tick: Callable[[], None] | None = None) -> Any:
+    """A SciPy / CuPy ``LinearOperator``; ``tick()`` once per iteration of lsqr / lsmr."""
+    LinearOperator = linear_operator_class(xp)  # noqa: N806 - a class
+    counted = rmatvec
+    if tick is not None:
+        calls = [0]
+
+        def counted(u: Any) -> Any:
+            # SciPy's lsqr and lsmr apply A^H once before their loop, then once per
+            # iteration: tick from the second call on.
+            if calls[0]:
+                tick()
+            calls[0] += 1
+            return rmatvec(u)
+
+    return LinearOperator(shape, matvec=matvec, rmatvec=counted, dtype=dtype)
+
+
+def _stack_damp(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], m: int,
+                damp: float, xp: ModuleType) -> tuple[Callable[[Any], Any],
+                                                      Callable[[Any], Any]]:
+    """Products with ``[A; damp I]`` (``A`` with ``m`` rows), for ``b = [b; 0]``.
+
+    Solved with ``damp=0``, this system damps ``x`` itself from any start ``x0`` (its
+    initial residual is ``[b - A x0; -damp x0]``), where SciPy's ``damp`` with ``x0``
+    damps the correction ``x - x0``.
+    """
+    def stacked_matvec(x: Any) -> Any:
+        return xp.concatenate([matvec(x), damp * x])
+
+    def stacked_rmatvec(u: Any) -> Any:
+        return rmatvec(u[:m]) + damp * u[m:]
+
+    return stacked_matvec, stacked_rmatvec
 
 
 def _adjoint_of(reg: Any) -> Any:
@@ -305,10 +359,19 @@ def cgls(
 ) -> tuple[Any, int, int, dict[str, list[float]]]:
     """CG on the normal equations ``(A^H A + damp^2 I) x = A^H b`` (array-namespace code).
 
-    Returns ``(x, istop, iterations, history)``; ``istop`` uses the codes of SciPy's
-    ``lsqr``: 1 when ``||b - A x|| <= btol ||b||``, 2 when the normal-equation residual
-    ``||A^H (b - A x) - damp^2 x||`` has dropped below ``atol`` times its initial value,
-    7 at the iteration limit. ``callback(k, x)`` is called after iteration ``k``.
+    Minimises ``||A x - b||^2 + damp^2 ||x||^2`` from the start ``x0``; the start changes
+    the path, not the problem. Returns ``(x, istop, iterations, history)``; ``istop`` uses
+    the codes of SciPy's ``lsqr``: 0 when ``x0`` already solves the normal equations
+    exactly (no iteration), 1 when ``||b - A x|| <= btol ||b||``, 2 when the
+    normal-equation residual ``||A^H (b - A x) - damp^2 x||`` has dropped below ``atol``
+    times its initial value, 7 at the iteration limit. ``callback(k, x)`` is called after
+    iteration ``k``.
+
+    Raises
+    ------
+    FloatingPointError
+        When ``||A p||^2 + damp^2 ||p||^2`` or ``||A^H r||^2`` (fourth powers of the scale
+        of ``A``) over- or underflows float64, instead of returning NaN.
 
     Examples
     --------
@@ -328,16 +391,20 @@ def cgls(
     s0 = math.sqrt(gamma)
     bnorm = float(xp.linalg.norm(b))
     history: dict[str, list[float]] = {"residual_norm": [], "normal_residual_norm": []}
-    if bnorm == 0.0 and s0 == 0.0:
+    if s0 == 0.0:  # x0 solves the normal equations: b = 0 and x0 = 0, or A^H b = 0, ...
         return x, 0, 0, history
     istop, k = 7, 0
     while k < maxiter:
-        if s0 == 0.0:
-            istop = 2
-            break
         k += 1
         q = matvec(p)
         delta = float(xp.vdot(q, q).real) + (d2 * float(xp.vdot(p, p).real) if d2 else 0.0)
+        if not 0.0 < delta < math.inf or not math.isfinite(gamma):
+            # positive in exact arithmetic (p = A^H r != 0); CGLS squares A^H A's scale
+            raise FloatingPointError(
+                f"cgls: at iteration {k}, ||A p||^2 + damp^2 ||p||^2 = {delta!r} and "
+                f"||A^H r||^2 = {gamma!r}: these squares of products with A^H A over- or "
+                "underflow float64; A (or damp) is too large or too small: rescale it"
+            )
         alpha = gamma / delta
         x = x + alpha * p
         r = r - alpha * q
@@ -378,7 +445,15 @@ def lsqr(
 
     The recurrences and tests of ``scipy.sparse.linalg.lsqr`` (which exposes no iterates),
     written so that ``callback(k, x_k)`` and a per-iteration history are available and the
-    same code runs on CuPy. Returns ``(x, istop, iterations, history)`` with SciPy's codes.
+    same code runs on CuPy. Returns ``(x, istop, iterations, history)`` with SciPy's codes
+    (0: the start already solves the problem, ``b - A x0 = 0`` or
+    ``A^H (b - A x0) = 0``, and no iteration ran).
+
+    Unlike SciPy's, it minimises ``||A x - b||^2 + damp^2 ||x||^2`` whatever ``x0`` is
+    (SciPy's ``lsqr`` with ``x0`` damps the correction ``x - x0``): with ``damp > 0`` and
+    a nonzero ``x0`` it runs on the stacked ``[A; damp I]`` with ``b = [b; 0]``, so ``x0``
+    is only a starting point. Norms are accumulated with ``math.hypot`` and no scalar is
+    squared, so no recurrence raises ``OverflowError`` (an overflow shows as ``inf``).
 
     Examples
     --------
@@ -389,6 +464,12 @@ def lsqr(
     >>> np.round(x, 12), istop
     (array([1., 1.]), 1)
     """
+    if damp > 0 and bool(xp.any(x0 != 0)):
+        m = b.shape[0]
+        smv, srmv = _stack_damp(matvec, rmatvec, m, damp, xp)
+        return lsqr(smv, srmv, xp.concatenate([b, xp.zeros(x0.shape[0], dtype=b.dtype)]),
+                    x0, damp=0.0, atol=atol, btol=btol, conlim=conlim, maxiter=maxiter,
+                    callback=callback, xp=xp)
     eps = float(np.finfo(np.float64).eps)
     history: dict[str, list[float]] = {"residual_norm": [], "normal_residual_norm": []}
     x = xp.array(x0, copy=True)
@@ -405,10 +486,10 @@ def lsqr(
     v = v / alfa
     w = v
     rhobar, phibar = alfa, beta
+    # res2 and xxnorm are kept as norms (SciPy keeps their squares): hypot never overflows
     anorm = acond = ddnorm = res2 = xxnorm = z = sn2 = 0.0
     cs2 = -1.0
     ctol = 1.0 / conlim if conlim > 0 else 0.0
-    dampsq = damp * damp
     istop, itn = 0, 0
     while itn < maxiter:
         itn += 1
@@ -416,14 +497,14 @@ def lsqr(
         beta = float(xp.linalg.norm(u))
         if beta > 0:
             u = u / beta
-            anorm = math.sqrt(anorm**2 + alfa**2 + beta**2 + dampsq)
+            anorm = math.hypot(anorm, alfa, beta, damp)
             v = rmatvec(u) - beta * v
             alfa = float(xp.linalg.norm(v))
             if alfa > 0:
                 v = v / alfa
         # eliminate the damping parameter
         if damp > 0:
-            rhobar1 = math.sqrt(rhobar**2 + dampsq)
+            rhobar1 = math.hypot(rhobar, damp)
             cs1, sn1 = rhobar / rhobar1, damp / rhobar1
             psi = sn1 * phibar
             phibar = cs1 * phibar
@@ -447,15 +528,14 @@ def lsqr(
         gambar = -cs2 * rho
         rhs = phi - delta * z
         zbar = rhs / gambar
-        xnorm = math.sqrt(xxnorm + zbar**2)
+        xnorm = math.hypot(xxnorm, zbar)
         gamma = math.hypot(gambar, theta)
         cs2, sn2 = gambar / gamma, theta / gamma
         z = rhs / gamma
-        xxnorm += z**2
+        xxnorm = math.hypot(xxnorm, z)
         acond = anorm * math.sqrt(ddnorm)
-        res1 = phibar**2
-        res2 += psi**2
-        rnorm = math.sqrt(res1 + res2)
+        res2 = math.hypot(res2, psi)
+        rnorm = math.hypot(phibar, res2)
         arnorm = alfa * abs(tau)
         history["residual_norm"].append(rnorm)
         history["normal_residual_norm"].append(arnorm)
@@ -504,6 +584,33 @@ def _as_operator(op: Any, input_shape: Any, conv_options: dict[str, Any]) -> Con
     return ConvOperator(op, input_shape, **conv_options)
 
 
+def _check_number(name: str, value: Any, upper: float | None = None, limit: str = "") -> float:
+    """``value`` as a float, refused unless a finite real number in ``[0, upper]``.
+
+    ``limit`` (for the message) says why no problem needs a value above ``upper``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={number!r}")
+    if upper is not None and number > upper:
+        raise ValueError(
+            f"{name}={number!r} exceeds {upper:g} (convmat.solvers.MAX_DAMP): the solvers "
+            f"square {name}, and CGLS squares {name}**2 ||x0||, which must stay inside "
+            f"float64's range; no problem needs more, since {limit}"
+        )
+    return number
+
+
+def _check_maxiter(maxiter: Any) -> int | None:
+    if maxiter is None:
+        return None
+    if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral) or maxiter < 1:
+        raise ValueError(f"maxiter must be a positive int, got maxiter={maxiter!r}")
+    return int(maxiter)
+
+
 def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     """``y`` as a batch ``(N, m)`` and whether it was a single output."""
     xp = array_namespace(op.matrix)
@@ -530,20 +637,75 @@ def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     return batch, single
 
 
-def _bounds(bounds: Any, n: int, complex_: bool) -> tuple[Any, Any] | None:
+def _check_x0(x0: Any, op: ConvOperator, complex_: bool) -> Any:
+    """``x0`` flat, on the operator's backend, with finite entries (or None)."""
+    if x0 is None:
+        return None
+    xp = array_namespace(op.matrix)
+    same_backend("x0", x0, xp, "the operator")
+    start = np.asarray(x0) if xp is np else x0
+    if start.dtype.kind not in "biufc":
+        raise TypeError(f"x0 must be a numeric array, got dtype {start.dtype}")
+    if start.dtype.kind == "c" and not complex_:
+        raise TypeError(
+            f"x0 is complex ({start.dtype}) but the problem is real (the operator and y are); "
+            "pass x0.real"
+        )
+    n = op.shape[1]
+    if tuple(start.shape) not in (op.input_shape, (n,)):
+        raise ValueError(
+            f"x0 has shape {tuple(start.shape)} but the operator's input has shape "
+            f"{op.input_shape} ({n} entries; a flat ({n},) is accepted too)"
+        )
+    bad = int(xp.count_nonzero(~xp.isfinite(start)))
+    if bad:
+        raise ValueError(f"x0 contains {bad} NaN or inf value(s); a start must be finite")
+    return start.reshape(n)
+
+
+def _bounds(bounds: Any, op: ConvOperator, complex_: bool) -> tuple[Any, Any] | None:
+    """``bounds`` as two flat float arrays ``(lower, upper)`` (``+-inf``: no bound)."""
     if bounds is None:
         return None
     if complex_:
         raise TypeError("bounds need a real problem; the operator or y is complex")
     if not isinstance(bounds, tuple | list) or len(bounds) != 2:
         raise ValueError(f"bounds must be a pair (lower, upper), got {bounds!r}")
-    lo, hi = (-np.inf if bounds[0] is None else bounds[0],
-              np.inf if bounds[1] is None else bounds[1])
-    lo = np.broadcast_to(np.asarray(lo, dtype=float).reshape(-1) if np.ndim(lo) else lo, (n,))
-    hi = np.broadcast_to(np.asarray(hi, dtype=float).reshape(-1) if np.ndim(hi) else hi, (n,))
-    if np.any(lo > hi):
-        raise ValueError("bounds: lower bound exceeds upper bound at some entries")
+    n = op.shape[1]
+    lo, hi = (_bound(f"bounds[{i}]", value, default, op)
+              for i, (value, default) in enumerate(zip(bounds, (-np.inf, np.inf),
+                                                        strict=True)))
+    crossed = np.flatnonzero(lo >= hi)
+    if crossed.size:
+        i = int(crossed[0])
+        raise ValueError(
+            "bounds: lower bound must be < upper bound (scipy.optimize.lsq_linear needs "
+            f"lb < ub); lower >= upper at {crossed.size} of {n} entries (first: entry {i}, "
+            f"{float(lo[i])!r} >= {float(hi[i])!r})"
+        )
     return lo, hi
+
+
+def _bound(name: str, value: Any, default: float, op: ConvOperator) -> Any:
+    """One side of ``bounds``: a scalar or an input-shaped array (``None``: ``default``)."""
+    n = op.shape[1]
+    if value is None:
+        return np.full(n, default)
+    if is_cupy_array(value):
+        same_backend(name, value, np, "the operator")
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be real numbers (or None), got dtype {arr.dtype}")
+    if arr.shape not in ((), op.input_shape, (n,)):
+        raise ValueError(
+            f"{name} has shape {arr.shape} but must be a scalar, the input shape "
+            f"{op.input_shape} or flat ({n},)"
+        )
+    nan = int(np.count_nonzero(np.isnan(arr)))
+    if nan:
+        raise ValueError(f"{name} contains {nan} NaN value(s); use -inf / inf (or None) "
+                         "for no bound")
+    return np.broadcast_to(arr.astype(float).reshape(-1) if arr.ndim else float(arr), (n,))
 
 
 def deconvolve(
@@ -571,7 +733,8 @@ def deconvolve(
     ----------
     y : array_like
         Observed output, shaped like ``op.output_shape``, a batch ``(N, *output_shape)``
-        (each sample solved on its own) or a flat vector.
+        (each sample solved on its own; ``N = 0`` gives an empty result) or a flat vector.
+        Finite.
     op : ConvOperator or array_like
         The forward operator, or a weight from which ``ConvOperator(op, input_shape,
         **conv_options)`` is built.
@@ -581,25 +744,30 @@ def deconvolve(
         instead. On the GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr`
         and :func:`cgls`.
     damp : float
-        Tikhonov damping: adds ``damp^2 ||x||^2``.
+        Tikhonov damping: adds ``damp^2 ||x||^2`` (of ``x`` itself, whatever ``x0`` is).
+        A real number in ``[0, MAX_DAMP]`` (``1e50``, see Notes).
     regularizer : {'gradient'}, sparse matrix, ConvOperator or LinearOperator, optional
         ``D`` in ``lam^2 ||D x||^2``; ``'gradient'`` is :func:`convmat.gradient_operator`
         (forward differences along every spatial axis). The stacked system ``[W; lam D]``
         is applied as an operator, without copying ``W``.
     lam : float
-        Weight of the regularizer.
+        Weight of the regularizer, a real number in ``[0, MAX_DAMP]``.
     x0 : array_like, optional
-        Initial guess shaped like the input (or flat).
+        Initial guess shaped like the input (or flat), finite, on the operator's backend.
+        A starting point only: it never changes the problem solved (see Notes). Not used
+        with ``bounds`` (``lsq_linear`` takes no start).
     bounds : (lower, upper), optional
-        Box constraints (scalars or arrays shaped like the input; ``None`` for no bound):
-        ``bounds=(0, None)`` asks for ``x >= 0``.
+        Box constraints (scalars or arrays shaped like the input, ``-inf`` / ``inf`` or
+        ``None`` for no bound, never NaN; ``lower < upper``): ``bounds=(0, None)`` asks for
+        ``x >= 0``. CPU only.
     atol, btol : float
         Stopping tolerances with SciPy's meaning (``btol``: relative residual of a
-        consistent system; ``atol``: relative normal-equation residual). With ``bounds``,
-        ``atol`` is ``lsq_linear``'s ``tol``.
+        consistent system; ``atol``: relative normal-equation residual), finite and
+        ``>= 0``. With ``bounds``, ``atol`` is ``lsq_linear``'s ``tol``.
     maxiter : int, optional
-        Iteration limit (default: SciPy's, ``2*n`` for lsqr, ``min(m, n)`` for lsmr; ``n``
-        for cgls). Stopping on it is reported in ``stop_reason`` and ``converged=False``.
+        Iteration limit, any positive integer (``numbers.Integral``, NumPy's included;
+        default: SciPy's, ``2*n`` for lsqr, ``min(m, n)`` for lsmr; ``n`` for cgls).
+        Stopping on it is reported in ``stop_reason`` and ``converged=False``.
     callback : callable, optional
         ``callback(k, x_k)`` after each iteration ``k`` (``x_k`` flat). SciPy's solvers
         expose no iterates: with a callback (or ``history``), ``lsqr`` runs convmat's
@@ -615,15 +783,56 @@ def deconvolve(
     Returns
     -------
     DeconvolutionResult
+        Per-sample fields are tuples for a batch (empty for an empty batch).
 
     Raises
     ------
     ValueError
-        ``y`` of the wrong shape or with NaN/inf, an unknown method, negative ``damp`` or
-        ``lam``, inconsistent bounds, bounds on the GPU, an unsupported combination.
+        ``y``, ``x0`` or ``bounds`` of the wrong shape or with NaN (``y``, ``x0``: or inf),
+        an unknown method, ``damp``, ``lam``, ``atol`` or ``btol`` negative, not finite or
+        (``damp``, ``lam``) above ``MAX_DAMP``, ``maxiter`` not a positive integer, crossed
+        bounds, bounds on the GPU, an unsupported combination.
     TypeError
-        ``y``, ``x0`` or a sparse regularizer on another backend than the operator, a bad
-        regularizer, complex data with bounds.
+        ``y``, ``x0`` or a sparse regularizer on another backend than the operator, a
+        non-numeric ``y``, ``x0``, ``bounds``, ``damp``, ``lam``, ``atol`` or ``btol``, a
+        complex ``x0`` for a real problem, a bad regularizer, complex data with bounds.
+    FloatingPointError
+        The solve overflowed float64 (``x`` came back with NaN or inf), or the solution
+        or its residual norms are too large for float64.
+
+    Notes
+    -----
+    Every method (and every start ``x0``) solves the same problem, the stacked least
+    squares ``min || [W; lam D; damp I] x - [y; 0; 0] ||``. SciPy's ``lsqr`` and ``lsmr``
+    with ``x0`` damp the correction ``x - x0`` instead, so with ``x0`` and ``damp > 0``
+    they run on the stacked operator with ``damp=0`` (their initial residual is then
+    ``[y - W x0; -lam D x0; -damp x0]``); :func:`cgls` and :func:`lsqr` damp ``x``
+    themselves. When the solution is unique (``damp > 0``, or ``W`` of full column rank)
+    ``x0`` only changes the path; when it is not (``damp = 0`` and a rank-deficient
+    ``[W; lam D]``), the Krylov solvers return the least-squares solution nearest ``x0``
+    (the minimum-norm one from ``x0 = 0``).
+
+    Least squares is scale-equivariant: each sample is solved for ``y / s`` (``x0 / s``,
+    ``bounds / s``) with ``s`` the power of two just above ``max|y|``, and ``x`` is
+    multiplied back. A power of two is exact, so this changes no rounding; it keeps the
+    norms the solvers square inside float64's range for any finite ``y``. ``atol`` and
+    ``btol`` are relative, so unchanged; ``damp`` and ``lam`` compare with ``W`` and
+    ``D``, not with ``y``, so unchanged too; ``lsq_linear``'s ``tol`` (which is
+    absolute) thereby applies to ``y`` scaled to ``max|y| < 1``. A zero ``y`` (without
+    bounds) returns ``x = 0`` at once.
+
+    ``damp`` and ``lam`` are at most ``MAX_DAMP = 1e50``: the solvers square them, and
+    CGLS squares its normal-equation residual, about ``damp^2 ||x0||`` from a start, so
+    ``damp^4`` must fit float64 with room for the norms of ``W``, ``x0`` and ``y``. No
+    problem needs more: beyond ``damp ~ 1e8 ||W||`` (``||W|| / sqrt(eps)``) the solution
+    is ``W^H y / damp^2`` to machine precision. A solve that still over- or underflows
+    (a weight near float64's limits) raises ``FloatingPointError``; no NaN or inf is ever
+    returned.
+
+    ``stop_reason`` says what holds: when no iteration was needed, it tells apart a zero
+    ``y``, ``W^H y = 0`` (``x = 0`` is a least-squares solution although ``y`` is not
+    zero), and a start ``x0`` that already solves the problem exactly or in the
+    least-squares sense.
 
     Examples
     --------
@@ -638,23 +847,25 @@ def deconvolve(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
-    for name, value in (("damp", damp), ("lam", lam), ("atol", atol), ("btol", btol)):
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
-    if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, int)
-                                or maxiter < 1):
-        raise ValueError(f"maxiter must be a positive int, got maxiter={maxiter!r}")
+    damp = _check_number("damp", damp, MAX_DAMP,
+                         "beyond ~1e8 ||W|| the solution is W^H y / damp^2 to machine "
+                         "precision")
+    lam = _check_number("lam", lam, MAX_DAMP,
+                        "beyond ~1e8 ||W|| / ||D|| the solution is the least-squares one "
+                        "restricted to the null space of D to machine precision")
+    atol = _check_number("atol", atol)
+    btol = _check_number("btol", btol)
+    maxiter = _check_maxiter(maxiter)
     op = _as_operator(op, input_shape, conv_options)
     batch, single = _check_y(y, op)
     reg = _regularizer(regularizer, op)
-    n = op.shape[1]
     complex_ = op.dtype.kind == "c" or batch.dtype.kind == "c"
     if bounds is not None and op.device != "cpu":
         raise ValueError(
             "bounds run scipy.optimize.lsq_linear, which works on the CPU only; move the "
             "problem there (op.to_cpu(), convmat.to_cpu(y)) or drop the bounds"
         )
-    box = _bounds(bounds, n, complex_)
+    box = _bounds(bounds, op, complex_)
     wants_iterates = callback is not None or history
     if wants_iterates and (box is not None or method == "lsmr"):
         what = "bounds (lsq_linear)" if box is not None else "method='lsmr' (SciPy's)"
@@ -662,17 +873,13 @@ def deconvolve(
             f"callback and history need the iterates, which {what} does not expose; "
             "use method='lsqr' or 'cgls'"
         )
-    start = None
+    start = _check_x0(x0, op, complex_)
     xp = array_namespace(op.matrix)
-    if x0 is not None:
-        same_backend("x0", x0, xp, "the operator")
-        start = np.asarray(x0) if xp is np else x0
-        if start.size != n:
-            raise ValueError(
-                f"x0 has shape {tuple(start.shape)} but the operator's input has shape "
-                f"{op.input_shape} ({n} entries)"
-            )
-        start = start.reshape(n)
+    name = "lsq_linear" if box is not None else method
+    if batch.shape[0] == 0:
+        dtype = np.result_type(op.dtype, batch.dtype, np.float32)
+        return DeconvolutionResult(xp.zeros((0, *op.input_shape), dtype=dtype), name,
+                                   (), (), (), (), (), ())
 
     system = _System(op, reg, lam)
     results = []
@@ -682,10 +889,40 @@ def deconvolve(
                                       maxiter, callback, progress, history))
     xs = xp.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
     fields = list(zip(*(r[1:] for r in results), strict=True))
-    name = "lsq_linear" if box is not None else method
     if single:
         return DeconvolutionResult(xs[0], name, *(f[0] for f in fields))
     return DeconvolutionResult(xs, name, *(tuple(f) for f in fields))
+
+
+def _times_pow2(a: Any, e: int) -> Any:
+    """``a * 2**e``, exact (unless it over- or underflows) for any ``e`` in float64's range.
+
+    Two factors, so that neither ``2.0**e`` nor ``2.0**-e`` overflows for
+    ``|e| <= 1074``; an overflowing product is ``inf`` (checked by the caller).
+    """
+    if e == 0:
+        return a
+    half = e // 2
+    with np.errstate(over="ignore", under="ignore"):
+        return a * 2.0**half * 2.0 ** (e - half)
+
+
+def _norm(v: Any, xp: ModuleType) -> float:
+    """``||v||`` without overflow or underflow of its squares (scaled by ``max|v|``)."""
+    top = float(xp.max(xp.abs(v))) if v.size else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return top
+    return top * float(xp.linalg.norm(v / top))
+
+
+def _start_reason(x0_given: bool, exact: bool) -> str:
+    """Why a solver stopped before its first iteration (SciPy's ``istop=0``), truly."""
+    if not x0_given:  # y is not zero (solved before): the start x = 0 had A^H b = W^H y = 0
+        return ("W^H y = 0: x = 0 is a least-squares solution (y is not zero but is "
+                "orthogonal to the range of W)")
+    if exact:
+        return "x0 is an exact solution: the residual of the (stacked) system at x0 is zero"
+    return "x0 is a least-squares solution: the normal equations hold at x0"
 
 
 def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: Any,
@@ -693,80 +930,134 @@ def _solve_one(system: _System, y: Any, method: str, damp: float, box: Any, x0: 
                history: bool) -> tuple[Any, ...]:
     n, xp = system.n, system.xp
     dtype = np.result_type(system.dtype, y.dtype, np.float32)
-    b = system.rhs(y.astype(dtype, copy=False))
-    start = xp.zeros(n, dtype=dtype) if x0 is None else x0.astype(dtype)
+    y = y.astype(dtype, copy=False)
     limit = maxiter if maxiter is not None else {"lsqr": 2 * n, "lsmr": min(system.shape),
                                                   "cgls": n}[method]
+    amax = float(xp.max(xp.abs(y)))
+    if amax == 0.0 and box is None:  # x = 0 is exact (x0 cannot improve on it)
+        none = {"residual_norm": np.zeros(0), "normal_residual_norm": np.zeros(0)}
+        return (xp.zeros(n, dtype=dtype), 0, _Y_IS_ZERO, True, 0.0, 0.0,
+                none if history else None)
+    # Solve for y / 2**e with max|y / 2**e| in [0.5, 1): see the Notes of deconvolve.
+    e = math.frexp(amax)[1] if amax else 0
+    b = system.rhs(_times_pow2(y, -e))
+    start = xp.zeros(n, dtype=dtype) if x0 is None else _times_pow2(x0.astype(dtype), -e)
     bar = _progress_bar(progress, limit, "lsq_linear" if box is not None else method)
     tick = None if bar is None else (lambda: bar.update(1))
     hist = None
     try:
         if box is not None:
-            x, istop, itn, reason = _bounded(system, b, damp, box, atol, maxiter, tick)
+            scaled_box = (_times_pow2(box[0], -e), _times_pow2(box[1], -e))
+            x, istop, itn, reason = _bounded(system, b, damp, scaled_box, atol, maxiter, tick)
         elif method == "cgls" or (method == "lsqr" and (
                 xp is not np or callback is not None or history)):
             # convmat's CGLS/LSQR: iterates exposed, and the LSQR on the GPU (CuPy's
-            # ``lsqr`` is a direct square solver, not LSQR)
+            # ``lsqr`` is a direct square solver, not LSQR). Both damp x itself from x0.
             solver = cgls if method == "cgls" else lsqr
 
             def step(k: int, xk: Any) -> None:
                 if tick is not None:
                     tick()
                 if callback is not None:
-                    callback(k, xk)
+                    callback(k, _times_pow2(xk, e))
 
             x, istop, itn, hist = solver(system.matvec, system.rmatvec, b, start, damp=damp,
                                          atol=atol, btol=btol, maxiter=limit, callback=step,
                                          xp=xp)
-            reason = _STOP_REASONS[istop]
+            reason = _STOP_REASONS.get(istop, "")
         else:
-            a = system.linear_operator(tick)
-            x0_ = x0 if x0 is None else start
-            # Their scalar recurrences follow b's dtype: keep them in double precision (the
-            # products still run at W's precision, see _System).
-            b = b.astype(np.result_type(b.dtype, np.float64), copy=False)
-            if method == "lsqr":
-                from scipy.sparse.linalg import lsqr as scipy_lsqr
-
-                out = scipy_lsqr(a, b, damp=damp, atol=atol, btol=btol, iter_lim=limit, x0=x0_)
-            else:  # SciPy's or CuPy's lsmr (the same algorithm and signature)
-                if xp is np:
-                    from scipy.sparse.linalg import lsmr as backend_lsmr
-                else:
-                    from cupyx.scipy.sparse.linalg import lsmr as backend_lsmr
-                out = backend_lsmr(a, b, damp=damp, atol=atol, btol=btol, maxiter=limit,
-                                   x0=x0_)
-            x, istop, itn = out[0], int(out[1]), int(out[2])
-            reason = _STOP_REASONS[istop]
+            x, istop, itn = _scipy_solve(system, b, method, damp, start, x0 is not None,
+                                         atol, btol, limit, tick)
+            reason = _STOP_REASONS.get(istop, "")
     finally:
         if bar is not None:
             bar.close()
+    bad = int(xp.count_nonzero(~xp.isfinite(x)))
+    if bad:
+        raise FloatingPointError(
+            f"{'lsq_linear' if box is not None else method} overflowed float64: x has {bad} "
+            f"NaN or inf entries after {itn} iterations (y was scaled to max|y| < 1 by "
+            f"2**{-e}); W (its weight), lam * D, damp or x0 is too large for float64"
+        )
+    # Report norms of the returned x, computed exactly (one product each), scaled back.
+    r = b - system.matvec(x)
+    residual = _norm(r[: system.m], xp)
+    ar = system.rmatvec(r) - damp * (damp * x)
+    normal = _norm(ar, xp)
+    if box is None and istop == 0:
+        exact = not bool(xp.any(r)) and (damp == 0.0 or not bool(xp.any(x)))  # [r; -damp x]
+        if not exact and bool(xp.any(ar)):
+            raise FloatingPointError(
+                f"{method} stopped before its first iteration because a norm underflowed "
+                f"float64: neither the residual (max |r| = {float(xp.max(xp.abs(r))):.3g}) "
+                f"nor A^H r (max |A^H r| = {float(xp.max(xp.abs(ar))):.3g}) is zero, but "
+                "their squares are below float64's range (y was scaled to max|y| < 1); W "
+                "(its weight) or lam * D is too small for float64: rescale it"
+            )
+        reason = _start_reason(x0 is not None, exact)
     if istop == 7:
         reason = f"iteration limit reached (maxiter={limit})"
     converged = (istop in _CONVERGED) if box is None else istop > 0
-    # Report norms of the returned x, computed exactly (one product each).
-    r = b - system.matvec(x)
-    residual = float(xp.linalg.norm(r[: system.m]))
-    normal = float(xp.linalg.norm(system.rmatvec(r) - damp * damp * x))
-    recorded = {k: np.asarray(v) for k, v in hist.items()} if hist and history else None
+    scaled = (float(xp.max(xp.abs(x))), residual, normal)
+    x = _times_pow2(x, e)
+    residual, normal = _times_pow2(residual, e), _times_pow2(normal, e)
+    if not (math.isfinite(residual + normal) and bool(xp.isfinite(x).all())):
+        raise FloatingPointError(
+            f"the solution is too large for float64: the solve for y / 2**{e} gave "
+            f"max|x| = {scaled[0]:.3g}, residual_norm {scaled[1]:.3g} and "
+            f"normal_residual_norm {scaled[2]:.3g}, which overflow when multiplied back "
+            f"by 2**{e}"
+        )
+    recorded = None
+    if hist is not None and history:
+        recorded = {k: _times_pow2(np.asarray(v, dtype=float), e) for k, v in hist.items()}
     return x, itn, reason, converged, residual, normal, recorded
+
+
+def _scipy_solve(system: _System, b: Any, method: str, damp: float, start: Any,
+                 has_x0: bool, atol: float, btol: float, limit: int,
+                 tick: Any) -> tuple[Any, int, int]:
+    """SciPy's ``lsqr`` / ``lsmr`` (or CuPy's ``lsmr``) on the system, from ``start``.
+
+    Their ``damp`` with ``x0`` damps ``x - x0``: with a start and ``damp > 0`` they run on
+    ``[A; damp I]`` with ``damp=0``, so that ``x`` itself is damped.
+    """
+    xp = system.xp
+    matvec: Callable[[Any], Any] = system.matvec
+    rmatvec: Callable[[Any], Any] = system.rmatvec
+    shape = system.shape
+    if has_x0 and damp > 0:
+        matvec, rmatvec = _stack_damp(matvec, rmatvec, system.shape[0], damp, xp)
+        shape = (shape[0] + shape[1], shape[1])
+        b = xp.concatenate([b, xp.zeros(shape[1], dtype=b.dtype)])
+        damp = 0.0
+    a = _linear_operator(xp, shape, system.dtype, matvec, rmatvec, tick)
+    x0_ = start if has_x0 else None
+    # Their scalar recurrences follow b's dtype: keep them in double precision (the
+    # products still run at W's precision, see _System).
+    b = b.astype(np.result_type(b.dtype, np.float64), copy=False)
+    if method == "lsqr":
+        from scipy.sparse.linalg import lsqr as scipy_lsqr
+
+        out = scipy_lsqr(a, b, damp=damp, atol=atol, btol=btol, iter_lim=limit, x0=x0_)
+    else:  # SciPy's or CuPy's lsmr (the same algorithm and signature)
+        if xp is np:
+            from scipy.sparse.linalg import lsmr as backend_lsmr
+        else:
+            from cupyx.scipy.sparse.linalg import lsmr as backend_lsmr
+        out = backend_lsmr(a, b, damp=damp, atol=atol, btol=btol, maxiter=limit, x0=x0_)
+    return out[0], int(out[1]), int(out[2])
 
 
 def _bounded(system: _System, b: Any, damp: float, box: tuple[Any, Any], tol: float,
              maxiter: int | None, tick: Any) -> tuple[Any, int, int, str]:
     """``scipy.optimize.lsq_linear`` on ``[A; damp I]`` with its LSMR inner solver."""
     from scipy.optimize import lsq_linear
-    from scipy.sparse.linalg import LinearOperator
 
     m, n = system.shape
     if damp > 0:
-        def matvec(x: Any) -> Any:
-            return np.concatenate([system.matvec(x), damp * x])
-
-        def rmatvec(u: Any) -> Any:
-            return system.rmatvec(u[:m]) + damp * u[m:]
-
-        a = LinearOperator((m + n, n), matvec=matvec, rmatvec=rmatvec, dtype=system.dtype)
+        matvec, rmatvec = _stack_damp(system.matvec, system.rmatvec, m, damp, np)
+        a = _linear_operator(np, (m + n, n), system.dtype, matvec, rmatvec)
         b = np.concatenate([b, np.zeros(n, dtype=b.dtype)])
     else:
         a = system.linear_operator()
