@@ -24,6 +24,7 @@ __all__ = [
     "available_memory",
     "format_bytes",
     "memory_limit",
+    "refuse_masked",
     "CUPY_INT64_INDICES",
     "array_namespace",
     "check_index_dtype",
@@ -105,6 +106,14 @@ def same_backend(name: str, x: Any, xp: ModuleType, what: str) -> None:
             "mixing backends is not supported: move one of them (convmat.to_gpu / "
             "convmat.to_cpu)"
         )
+
+
+def refuse_masked(name: str, x: Any, use: str) -> None:
+    """Raise ``TypeError`` for a NumPy masked array: ``use`` would read under its mask."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array; {use} would use the values under its mask. Pass "
+            f"{name}.filled(0) (masked entries as zeros) or {name}.data explicitly")
 
 
 # --------------------------------------------------------------------------- CuPy limits

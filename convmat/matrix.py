@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, csr_container, same_backend
+from .backend import array_namespace, csr_container, refuse_masked, same_backend
 from .geometry import (
     ConvGeometry,
     check_memory,
@@ -281,10 +281,7 @@ def _split_batch(x: Any, ndim: int, name: str) -> tuple[Any, bool]:
 
 
 def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, Any]) -> Any:
-    if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(
-            f"{name} is a masked array; the convolution would use the values under its mask. "
-            f"Pass {name}.filled(0) (masked entries as zeros) or {name}.data explicitly")
+    refuse_masked(name, x, "the convolution")
     weight, xp = _as_weight(weight)
     same_backend(name, x, xp, "the weight")
     x = np.asarray(x) if xp is np else x

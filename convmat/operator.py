@@ -14,6 +14,7 @@ from .backend import (
     format_bytes,
     is_cupy_sparse,
     linear_operator_class,
+    refuse_masked,
     same_backend,
     to_cpu,
     to_gpu,
@@ -256,10 +257,7 @@ class ConvOperator(GeometryShapes):
                     f"sparse x of shape {tuple(x.shape)} does not fit the operator "
                     f"{rows}x{cols}: a sparse x must be a block of columns ({cols}, k)")
             return self.matrix @ x
-        if isinstance(x, np.ma.MaskedArray):
-            raise TypeError(
-                "x is a masked array; W @ x would use the values under its mask. Pass "
-                "x.filled(0) (masked entries as zeros) or x.data explicitly")
+        refuse_masked("x", x, "W @ x")
         same_backend("x", x, self._xp, "the operator")
         x = np.asarray(x) if self._xp is np else x
         if x.dtype.kind not in "biufc":

@@ -39,6 +39,7 @@ from .backend import (
     array_namespace,
     is_cupy_array,
     linear_operator_class,
+    refuse_masked,
     same_backend,
     to_gpu,
 )
@@ -614,6 +615,7 @@ def _check_maxiter(maxiter: Any) -> int | None:
 def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     """``y`` as a batch ``(N, m)`` and whether it was a single output."""
     xp = array_namespace(op.matrix)
+    refuse_masked("y", y, "the solve")
     same_backend("y", y, xp, "the operator")
     y = np.asarray(y) if xp is np else y
     if y.dtype.kind not in "biufc":
@@ -642,6 +644,7 @@ def _check_x0(x0: Any, op: ConvOperator, complex_: bool) -> Any:
     if x0 is None:
         return None
     xp = array_namespace(op.matrix)
+    refuse_masked("x0", x0, "the warm start")
     same_backend("x0", x0, xp, "the operator")
     start = np.asarray(x0) if xp is np else x0
     if start.dtype.kind not in "biufc":

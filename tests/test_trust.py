@@ -331,6 +331,11 @@ def test_sparse_and_masked_inputs():
         op @ masked
     with pytest.raises(TypeError, match=r"x is a masked array; the convolution would use"):
         convmat.conv(masked, np.ones((1, 1, 3, 3)))
+    with pytest.raises(TypeError, match=r"y is a masked array; the solve would use the values "
+                                        r"under its mask. Pass y.filled\(0\)"):
+        convmat.deconvolve(masked, op.T)
+    with pytest.raises(TypeError, match=r"x0 is a masked array; the warm start would use"):
+        convmat.deconvolve(op @ np.ones((1, 5, 5)), op, x0=masked)
 
 
 def test_weight_shape_with_negative_channels_is_refused():
