@@ -21,10 +21,8 @@ import gc
 import itertools
 import math
 import platform
-import statistics
 import sys
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -35,6 +33,8 @@ import scipy.sparse as sp
 import convmat
 from convmat.axes import padded_index as _padded_index
 from convmat.indices import build_csr_arrays, default_threads
+
+from timing import median_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,17 +53,6 @@ CASES = [
     ("1-D 1 ch, 2^24 samples, k=9", (1, 1, 9), (1, 2**24), dict(padding=4)),
 ]
 QUICK = [CASES[0], CASES[3], CASES[7]]
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-        del out
-    return statistics.median(times)
 
 
 def write_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:

@@ -32,6 +32,8 @@ import numpy as np
 import convmat
 from convmat.solvers import _one_blas_thread
 
+from timing import median_time
+
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISE = 1e-3
 MAXITER = 3000
@@ -54,14 +56,6 @@ def photograph(n: int) -> np.ndarray:
     img = camera().astype(np.float64) / 255.0
     return np.clip(zoom(img, n / img.shape[0], order=3), 0.0, 1.0)
 
-
-def median_time(fn, repeats: int = 20) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def timed(fn, repeats: int = 3):

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import statistics
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -34,16 +32,10 @@ import convmat
 from convmat.axes import axis_plan
 from convmat.indices import default_threads
 
+from timing import median_time
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def planning_rows(sizes, modes, repeats):

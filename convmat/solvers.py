@@ -612,14 +612,21 @@ def _check_maxiter(maxiter: Any) -> int | None:
     return int(maxiter)
 
 
+def _numeric(name: str, value: Any, op: ConvOperator, use: str) -> Any:
+    """``value`` as an array on the operator's backend, refused unless numeric."""
+    xp = array_namespace(op.matrix)
+    refuse_masked(name, value, use)
+    same_backend(name, value, xp, "the operator")
+    array = np.asarray(value) if xp is np else value
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    return array
+
+
 def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     """``y`` as a batch ``(N, m)`` and whether it was a single output."""
     xp = array_namespace(op.matrix)
-    refuse_masked("y", y, "the solve")
-    same_backend("y", y, xp, "the operator")
-    y = np.asarray(y) if xp is np else y
-    if y.dtype.kind not in "biufc":
-        raise TypeError(f"y must be a numeric array, got dtype {y.dtype}")
+    y = _numeric("y", y, op, "the solve")
     out = op.output_shape
     m = op.shape[0]
     if tuple(y.shape) == out or (y.ndim == 1 and y.shape[0] == m):
@@ -644,11 +651,7 @@ def _check_x0(x0: Any, op: ConvOperator, complex_: bool) -> Any:
     if x0 is None:
         return None
     xp = array_namespace(op.matrix)
-    refuse_masked("x0", x0, "the warm start")
-    same_backend("x0", x0, xp, "the operator")
-    start = np.asarray(x0) if xp is np else x0
-    if start.dtype.kind not in "biufc":
-        raise TypeError(f"x0 must be a numeric array, got dtype {start.dtype}")
+    start = _numeric("x0", x0, op, "the warm start")
     if start.dtype.kind == "c" and not complex_:
         raise TypeError(
             f"x0 is complex ({start.dtype}) but the problem is real (the operator and y are); "
