@@ -542,11 +542,27 @@ def _row_pointers(entry: np.ndarray, total: int) -> np.ndarray:
 
 
 def _concatenate(xp: ModuleType, pieces: list[Any], out: Any) -> None:
-    """``out[..., :] = concatenate(pieces, axis=-1)``, written in place."""
+    """``out[..., :] = concatenate(pieces, axis=-1)``, written in place.
+
+    A long row on the CPU is cut in two at a piece boundary and the halves are written on
+    two threads (NumPy releases the GIL while it copies).
+    """
     if len(pieces) == 1:
         out[...] = pieces[0]
-    elif pieces:
-        xp.concatenate(pieces, axis=-1, out=out)
+        return
+    if not pieces:
+        return
+    if xp is np and out.size >= THREADED_MIN_NNZ and default_threads() > 1:
+        ends = np.cumsum([p.shape[-1] for p in pieces])
+        half = int(np.searchsorted(ends, ends[-1] // 2)) + 1
+        if 0 < half < len(pieces):
+            cut = int(ends[half - 1])
+            job = thread_pool().submit(np.concatenate, pieces[:half], axis=-1,
+                                       out=out[..., :cut])
+            np.concatenate(pieces[half:], axis=-1, out=out[..., cut:])
+            job.result()
+            return
+    xp.concatenate(pieces, axis=-1, out=out)
 
 
 @dataclasses.dataclass(frozen=True)
