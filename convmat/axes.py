@@ -208,14 +208,16 @@ class AxisRun:
         starts = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         # One tap per slot first, then the folded extras: small groups layer by layer
-        # (each layer a scatter onto distinct slots), large ones (a replicated edge) summed.
+        # (each layer a scatter onto distinct slots), large ones (a replicated edge) by a
+        # running sum. Either way each slot sums its taps one after another in tap order,
+        # as the grouped rows' sparse product does, so every path rounds alike.
         out = xp.take(weight, xp.asarray(order[starts]), axis=axis)
         moved = xp.moveaxis(out, axis, -1)
         src = xp.moveaxis(weight, axis, -1)
         large = sizes > 4
         for r in np.flatnonzero(large).tolist():
             group = order[starts[r]:starts[r] + sizes[r]]
-            moved[..., r] = src[..., xp.asarray(group)].sum(axis=-1)
+            moved[..., r] = xp.cumsum(src[..., xp.asarray(group)], axis=-1)[..., -1]
         for layer in range(1, int(sizes[~large].max(initial=1))):
             pick = np.flatnonzero(~large & (sizes > layer))
             if len(pick):
