@@ -135,6 +135,41 @@ class AxisMap:
         return [(p0, p1, *self.tap_counts(p0)) for p0, p1 in zip(bounds[:-1], bounds[1:],
                                                                   strict=True)]
 
+    def parts(self, p: int) -> list[tuple[int, int, int, int]]:
+        """Dilation 1, a folding mode: what position ``p`` reads, as parts in tap order.
+
+        ``(t0, t1, i0, di)``: taps ``t0..t1-1`` read input index ``i0 + di*(t - t0)``, with
+        ``di = 1`` (inside, or wrapped), ``-1`` (mirrored) or ``0`` (clamped to an edge).
+        The taps below the input come first, then those inside, then those beyond it; each
+        index is read at most once per part.
+        """
+        n, k, mode = self.n, self.k, self.mode
+        u0 = self.stride * p - self.lo
+        a, b = self.tap_counts(p)
+        out = []
+        if a > 0:
+            out.append((0, a, *{"reflect": (-u0, -1), "circular": (u0 + n, 1),
+                                "replicate": (0, 0)}[mode]))
+        if b > a:
+            out.append((a, b, u0 + a, 1))
+        if b < k:
+            out.append((b, k, *{"reflect": (2 * (n - 1) - u0 - b, -1),
+                                "circular": (u0 + b - n, 1), "replicate": (n - 1, 0)}[mode]))
+        return out
+
+    @staticmethod
+    def spans(parts: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+        """The indices ``parts`` read, as sorted disjoint ranges ``[lo, hi]``."""
+        ranges = sorted((min(i0, i0 + di * (t1 - t0 - 1)), max(i0, i0 + di * (t1 - t0 - 1)))
+                        for t0, t1, i0, di in parts)
+        merged = [list(ranges[0])]
+        for lo, hi in ranges[1:]:
+            if lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        return [(lo, hi) for lo, hi in merged]
+
     def table(self, first: int, count: int) -> np.ndarray:
         """Input index (-1: dropped) that positions ``first .. first+count-1`` read per tap.
 
@@ -156,7 +191,9 @@ class AxisRun:
 
     ``taps=(a, b)`` marks the common case where taps ``a..b-1`` read one index each,
     ``dilation`` apart (``offsets = dilation*arange(m)``), and the other taps are dropped;
-    otherwise the pattern is recomputed from ``axis`` at position ``start``.
+    otherwise the pattern is recomputed from ``axis`` at position ``start``: from its parts
+    (``parts=True``: contiguous, mirrored or clamped stretches of taps, O(1) to describe) or
+    from a table of its taps.
     """
 
     start: int
@@ -166,11 +203,23 @@ class AxisRun:
     step: int = 0
     taps: tuple[int, int] | None = None
     axis: AxisMap | None = None
+    #: The pattern is ``axis.parts(start)`` (dilation 1 under a folding mode).
+    parts: bool = False
+    #: For a ``parts`` run of one position: ``(parts, spans)``, kept from planning.
+    layout: tuple[Any, ...] | None = None
     #: Number of output positions in the run (``stop - start``).
     size: int = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.size = self.stop - self.start
+
+    def part_layout(self) -> tuple[Any, ...]:
+        """``(parts, spans)`` of the run's first position (see :meth:`AxisMap.parts`)."""
+        if self.layout is not None:
+            return self.layout
+        assert self.axis is not None
+        parts = self.axis.parts(self.start)
+        return parts, AxisMap.spans(parts)
 
     def base(self, positions: np.ndarray) -> np.ndarray:
         """Smallest input index read at ``positions`` (int64, relative to ``start``)."""
@@ -186,6 +235,13 @@ class AxisRun:
             slots[a:b] = np.arange(b - a)
             return d * np.arange(b - a, dtype=np.int64), slots
         assert self.axis is not None  # every other run is made with its axis
+        if self.parts:
+            parts, spans = self.part_layout()
+            cols = np.concatenate([np.arange(lo, hi + 1, dtype=np.int64) for lo, hi in spans])
+            slots = np.empty(self.axis.k, dtype=np.int64)
+            for t0, t1, i0, di in parts:
+                slots[t0:t1] = np.searchsorted(cols, i0 + di * np.arange(t1 - t0))
+            return cols - cols[0], slots
         q = self.axis.table(self.start, 1)
         order, entry, _, cols = fold_table(q)
         slots = np.empty(q.shape[1], dtype=np.int64)
@@ -349,6 +405,22 @@ def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
             flush()
             m = 1 if a in (0, k) or n == 1 else 2
             runs.append(AxisRun(p0, p1, m, 0 if a > 0 else n - 1, 0, axis=axis))
+        elif d == 1 and a == b and axis.mode == "circular":  # every tap wraps, in order
+            flush()
+            runs.append(AxisRun(p0, p1, k, s * p0 - lo + (n if a else -n), step,
+                                taps=(0, k), axis=axis))
+        elif d == 1 and a == b:  # reflect: every tap mirrored, in reverse order
+            flush()
+            first = lo - s * p0 - (k - 1) if a else 2 * (n - 1) - (s * p0 - lo) - (k - 1)
+            runs.append(AxisRun(p0, p1, k, first, -step, axis=axis, parts=True))
+        elif d == 1:  # border positions reading the edge and the inside: O(1) each
+            flush()
+            for p in range(p0, p1):
+                parts = axis.parts(p)
+                spans = AxisMap.spans(parts)
+                runs.append(AxisRun(p, p + 1, sum(hi - lo + 1 for lo, hi in spans),
+                                    spans[0][0], axis=axis, parts=True,
+                                    layout=(parts, spans)))
         elif pending:
             pending[1] = p1
         else:

@@ -26,6 +26,7 @@ releases the GIL in these bulk operations).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import math
@@ -372,7 +373,7 @@ class _Group:
             if run.m == 0:
                 continue
             last = self.parts[-1] if self.parts else None
-            if run.taps is None and run.size == 1 and run.axis is not None:
+            if run.taps is None and not run.parts and run.size == 1 and run.axis is not None:
                 if (isinstance(last, _Block) and last.stop == run.start
                         and (last.stop - last.start + 1) * run.axis.k <= TABLE_ENTRIES):
                     last.stop = run.stop
@@ -447,11 +448,16 @@ class _Group:
                 pieces.append(run.indices(head, xp, idx_dtype))
                 continue
             m = run.m
-            if run.taps is not None and run.size == 1 and run.axis is not None:
-                if line is None:  # a one-to-one run reads a strided slice of the line
+            if run.size == 1 and run.axis is not None and (run.taps is not None or run.parts):
+                if line is None:  # a run reads slices of the line: head[q] + every column
                     line = head_x[:, None] + xp.arange(run.axis.n, dtype=idx_dtype)[None, :]
-                d, b0 = run.axis.dilation, run.base0
-                piece = line[:, b0:b0 + d * (m - 1) + 1:d]
+                if run.parts:  # contiguous ranges of columns
+                    spans = run.part_layout()[1]
+                    piece = (line[:, spans[0][0]:spans[0][1] + 1] if len(spans) == 1 else
+                             xp.concatenate([line[:, lo:hi + 1] for lo, hi in spans], axis=1))
+                else:
+                    d, b0 = run.axis.dilation, run.base0
+                    piece = line[:, b0:b0 + d * (m - 1) + 1:d]
                 pieces.append(piece[0] if lead == 1 else piece.reshape(-1))
                 continue
             offsets, _ = run.pattern()
@@ -465,21 +471,58 @@ class _Group:
         k = channels.shape[-1]
         rows = channels.reshape(channels.shape[0], -1, k)  # (C, lead, k)
         count, lead = rows.shape[:2]
-        pieces = []
+        pieces: list[Any] = []
+        pos = 0
         for run in self.parts:
             if isinstance(run, _Block):
-                pieces.append(run.data(rows, xp))
-                continue
-            m = run.m
-            if run.taps is not None and run.size == 1:  # a slice of the kernel
+                piece = run.data(rows, xp)
+            elif run.taps is not None and run.size == 1:  # a slice of the kernel
                 a, b = run.taps
                 piece = rows[:, :, a:b]
-                pieces.append(piece[:, 0] if lead == 1 else piece.reshape(count, -1))
+                piece = piece[:, 0] if lead == 1 else piece.reshape(count, -1)
+            elif run.parts and run.size == 1:  # folded in place, from its parts
+                _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos])
+                pieces = []
+                _parts_row(run, rows, out[:, pos:pos + lead * run.m].reshape(
+                    count, lead, run.m), xp)
+                pos += lead * run.m
+                continue
             else:
                 folded = run.fold(rows, 2, xp)[:, None]
-                pieces.append(xp.broadcast_to(folded, (count, run.size, lead, m)).reshape(
-                    count, -1))
-        _concatenate(xp, pieces, out)
+                piece = xp.broadcast_to(folded, (count, run.size, lead, run.m)).reshape(
+                    count, -1)
+            pieces.append(piece)
+            pos += piece.shape[-1]
+        _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos])
+
+
+def _parts_row(run: AxisRun, rows: Any, out: Any, xp: ModuleType) -> None:
+    """Write the folded values ``(C, lead, m)`` of a one-position ``parts`` run into ``out``.
+
+    Each part adds a slice of the kernel (reversed when mirrored, a running sum when
+    clamped) onto its columns, parts in tap order: every column sums its taps one after
+    another in tap order, as the other paths do.
+    """
+    parts, spans = run.part_layout()
+    los = [lo for lo, _ in spans]
+    shifts = np.cumsum([0] + [hi - lo + 1 for lo, hi in spans]).tolist()
+
+    def at(i: int) -> int:  # column index -> position in the row
+        j = bisect.bisect_right(los, i) - 1
+        return i - los[j] + shifts[j]
+
+    out[...] = 0
+    for t0, t1, i0, di in parts:
+        taps = rows[:, :, t0:t1]
+        if di == 1:
+            out[:, :, at(i0):at(i0) + t1 - t0] += taps
+        elif di == -1:
+            first = at(i0 - (t1 - t0 - 1))
+            out[:, :, first:first + t1 - t0] += taps[:, :, ::-1]
+        else:  # clamped: a running sum continuing from what the column holds already
+            i = at(i0)
+            out[:, :, i] = xp.cumsum(xp.concatenate([out[:, :, i:i + 1], taps], axis=-1),
+                                     axis=-1)[:, :, -1]
 
 
 class _Block:
