@@ -20,14 +20,19 @@ Planning never tabulates anything per position and tap where it need not:
   Intervals where every tap is in the input are the interior, under every mode.
 * ``replicate`` intervals with no tap inside the input (the far padding) are one run each:
   the taps fold onto index 0 or ``n - 1``.
-* What is left (border positions of ``reflect``, ``circular`` and ``replicate`` that read
-  the edge and the inside, at most ``dilation*(k-1)/stride + 1`` positions per side, or up
-  to the padding, which these modes bound by ``n``) is tabulated in chunks of bounded
-  memory and split into runs; only ``m`` and the first index are kept, the pattern is
-  recomputed from the run's first position when the builder needs it.
+* With dilation 1 (every long filter), a position of a folding mode reads at most three
+  *parts*: the taps below the input (mirrored, wrapped or clamped), those inside, those
+  beyond it. Where every tap is outside (far ``reflect``/``circular`` padding) the pattern
+  is the same for the whole interval: one run. Each remaining border position (at most
+  ``(k-1)/stride + 1`` per side) is a run described by its parts in O(1), from a formula.
+* With dilation > 1, the border positions of the folding modes (at most
+  ``dilation*(k-1)/stride + 1`` per side, or up to the padding, which these modes bound by
+  ``n``) are tabulated in chunks of bounded memory (:func:`fold_table`) and split into runs;
+  only ``m`` and the first index are kept, and the pattern is recomputed from the run's
+  first position when the builder needs it.
 
-So a plan holds O(k + border runs) small objects, and planning time is O(k log k) for
-``zeros`` and O(k * border positions) vectorised work for the folding modes.
+So a plan holds O(k + border runs) small objects, and planning costs O(k log k), except for
+folding modes with dilation > 1: O(k * border positions) vectorised work in bounded memory.
 """
 
 from __future__ import annotations
