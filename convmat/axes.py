@@ -297,9 +297,9 @@ class AxisPlan:
         """Entries along this axis summed over output positions (a factor of nnz)."""
         return sum(r.size * r.m for r in self.runs)
 
-    def counts(self) -> np.ndarray:
-        """Distinct input indices read by each output position (int64, length ``out``)."""
-        return np.repeat(np.array([r.m for r in self.runs], dtype=np.int64),
+    def counts(self, dtype: Any = np.int64) -> np.ndarray:
+        """Distinct input indices read by each output position (length ``out``)."""
+        return np.repeat(np.array([r.m for r in self.runs], dtype=dtype),
                          [r.size for r in self.runs])
 
     def prefix(self, run: AxisRun) -> int:
@@ -387,7 +387,7 @@ def _tabulated_runs(axis: AxisMap, first: int, stop: int) -> list[AxisRun]:
     return runs
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
     """The runs of an axis with ``out`` output positions (see the module docstring)."""
     s, d, lo, n, k = axis.stride, axis.dilation, axis.lo, axis.n, axis.k
@@ -406,18 +406,21 @@ def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
             base0 = s * p0 + d * a - lo if b > a else 0
             runs.append(AxisRun(p0, p1, b - a, base0, step if b > a else 0, taps=(a, b),
                                 axis=axis))
-        elif axis.mode == "replicate" and a == b:  # every tap folds onto an edge
+        elif axis.mode == "replicate" and a == b:  # every tap clamped onto an edge
             flush()
-            m = 1 if a in (0, k) or n == 1 else 2
-            runs.append(AxisRun(p0, p1, m, 0 if a > 0 else n - 1, 0, axis=axis))
-        elif d == 1 and a == b and axis.mode == "circular":  # every tap wraps, in order
+            parts = [part for part in ((0, a, 0, 0), (a, k, n - 1, 0)) if part[1] > part[0]]
+            spans = AxisMap.spans(parts)
+            runs.append(AxisRun(p0, p1, sum(hi - lo + 1 for lo, hi in spans), spans[0][0], 0,
+                                axis=axis, parts=True, layout=(parts, spans)))
+        elif a == b and a in (0, k) and axis.mode == "circular":  # every tap wraps, in order
             flush()
             runs.append(AxisRun(p0, p1, k, s * p0 - lo + (n if a else -n), step,
                                 taps=(0, k), axis=axis))
-        elif d == 1 and a == b:  # reflect: every tap mirrored, in reverse order
+        elif a == b and a in (0, k):  # reflect: every tap mirrored, in reverse order
             flush()
-            first = lo - s * p0 - (k - 1) if a else 2 * (n - 1) - (s * p0 - lo) - (k - 1)
-            runs.append(AxisRun(p0, p1, k, first, -step, axis=axis, parts=True))
+            last = s * p0 - lo + d * (k - 1)  # the last tap's padded position
+            first = -last if a else 2 * (n - 1) - last
+            runs.append(AxisRun(p0, p1, k, first, -step, axis=axis, parts=d == 1))
         elif d == 1:  # border positions reading the edge and the inside: O(1) each
             flush()
             for p in range(p0, p1):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import PADDING_MAPS, AxisMap, AxisPlan, AxisRun, axis_plan
+from .axes import PADDING_MAPS, TABLE_ENTRIES, AxisMap, AxisPlan, AxisRun, axis_plan
 from .backend import (
     DEFAULT_MEMORY_SHARE,
     ConvMatrixTooLarge,
@@ -59,6 +59,13 @@ PADDING_MODES = tuple(PADDING_MAPS)
 BATCH_BYTES = 4 << 20
 #: Bytes of Python objects a pending box holds beside its tables (an upper estimate).
 BOX_OVERHEAD = 1024
+#: Planes whose row lengths the builder computes at once, and the ratio of a grouped row's
+#: column range to its entries up to which it reads columns from one table (see
+#: :mod:`convmat.indices`; counted by :attr:`ConvGeometry.workspace_bytes`).
+INDPTR_BLOCK = 1 << 16
+LINE_FACTOR = 4
+#: Runs of the last axis with at most this many positions are written as groups.
+GROUP_RUN = 8
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
@@ -393,9 +400,15 @@ class ConvGeometry:
         matrix is written directly when ``W.T`` is itself a convolution (stride 1, zero
         padding); otherwise it is converted from the forward CSR, so both are alive at once.
         """
-        if self.transposed and self.adjoint is None:
-            return (self._csr_bytes(self.conv_shape[0]) + self.workspace_bytes
-                    + self.conversion_bytes)
+        if self.transposed:
+            adjoint = self.adjoint
+            if adjoint is None:
+                return (self._csr_bytes(self.conv_shape[0]) + self.workspace_bytes
+                        + self.conversion_bytes)
+            # built as the adjoint convolution, from the flipped weight
+            weight = self.out_channels * self.in_channels // self.groups * math.prod(
+                self.kernel_size) * self.itemsize
+            return adjoint.nbytes + adjoint.workspace_bytes + weight
         return self.nbytes + self.workspace_bytes
 
     @property
@@ -411,11 +424,12 @@ class ConvGeometry:
     def workspace_bytes(self) -> int:
         """Upper bound of the builder's temporaries beside the CSR arrays.
 
-        Row lengths for ``indptr`` (one index per row), the per-box tables (a row's column
-        offsets and the folded kernel of every output channel, over at most one blocked
-        row, see :mod:`convmat.indices`), the templates of grouped border rows (one row of
-        the last axis per output channel, when there are other axes), the weight folded
-        twice, and the plan's objects. Bounded by the problem, not a fixed allowance.
+        The counts of the first axis and a block of row lengths for ``indptr``, the per-box
+        tables (a row's column offsets and the folded kernel of every output channel, over
+        at most one blocked row, see :mod:`convmat.indices`), the pieces and templates of
+        grouped border rows (a row of the last axis per output channel, its column table,
+        and for the folding modes the tap tables of at most ``TABLE_ENTRIES``), the weight
+        folded twice, and the plan's objects. Bounded by the problem, not a fixed allowance.
         """
         plans = self.axis_plans
         idx, item = self.index_dtype.itemsize, self.itemsize
@@ -428,14 +442,32 @@ class ConvGeometry:
         # tables for distinct entries of W, so all of them together at most nnz entries.
         boxes = 6 * math.prod(len(p.runs) for p in plans)
         tables = one + min(BATCH_BYTES, boxes * BOX_OVERHEAD + self.nnz * (item + idx + 8))
-        group = 0
+        # Grouped border rows (runs of at most GROUP_RUN positions on the last axis): pieces
+        # that are copies (several input channels or other axes), the column table (one
+        # row of the input's last axis per input channel and slot of the other axes), the
+        # columns computed for runs that are not slices, the tap tables of tabulated
+        # positions, and with other axes a template per output channel.
+        head = cin_g * math.prod(widest[:-1])
+        small = [r for r in plans[-1].runs if r.size <= GROUP_RUN]
+        grouped = head * sum(r.size * r.m for r in small)
+        computed = head * sum(r.size * r.m for r in small if r.size > 1
+                              or (r.taps is None and not r.parts))
+        tabulated = sum(r.size for r in small if r.taps is None and not r.parts)
+        line = min(head * self.input_size[-1], LINE_FACTOR * grouped)
+        group = line * idx + computed * (8 + idx)
+        if head > 1:
+            group += grouped * (idx + item)
         if self.ndim > 1:
-            head = cin_g * math.prod(widest[:-1])
-            group = head * (plans[-1].total * (idx + 8 + self.out_channels * item)
-                            + self.input_size[-1] * idx)
+            group += grouped * (idx + 2 * self.out_channels * item)
+        if tabulated:
+            group += 48 * min(TABLE_ENTRIES, tabulated * self.kernel_size[-1]) + computed * 40
+        rest = math.prod(self.output_size[1:])  # rows of a plane
+        planes = self.out_channels * self.output_size[0]
+        indptr = ((self.output_size[0] + 2 * rest + sum(self.output_size[1:])) * idx
+                  + min(INDPTR_BLOCK, planes) * 24)
         weight = 2 * self.out_channels * cin_g * math.prod(self.kernel_size) * item
         objects = 512 * sum(len(p.runs) for p in plans)
-        return (self.conv_shape[0] + 1) * idx + tables + group + weight + objects
+        return indptr + tables + group + weight + objects
 
     @property
     def adjoint(self) -> ConvGeometry | None:
@@ -821,6 +853,12 @@ def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "
     :func:`memory_limit`. On CuPy, int64 indices also need CuPy >= 14.1 (``ValueError``).
     """
     check_index_dtype(geometry.index_dtype, xp, what=what)
+    rows, cols = geometry.shape
+    if max(rows, cols, geometry.nnz) >= 2**63:
+        raise ConvMatrixTooLarge(
+            f"{what} of shape {geometry.shape} with nnz={geometry.nnz:,} needs "
+            f"{geometry.peak_bytes:,} bytes at peak ({format_bytes(geometry.peak_bytes)}) and "
+            "indices beyond int64 (2**63 or more rows, columns or entries)")
     limit, source = memory_limit(max_bytes, xp)
     if limit is None:
         return

@@ -39,7 +39,15 @@ import numpy as np
 
 from .axes import TABLE_ENTRIES, AxisMap, fold_table
 from .backend import csr_container
-from .geometry import BATCH_BYTES, BOX_OVERHEAD, AxisRun, ConvGeometry
+from .geometry import (
+    BATCH_BYTES,
+    BOX_OVERHEAD,
+    GROUP_RUN,
+    INDPTR_BLOCK,
+    LINE_FACTOR,
+    AxisRun,
+    ConvGeometry,
+)
 
 __all__ = ["build_csr_arrays", "fold_weight"]
 
@@ -51,9 +59,6 @@ THREADED_MIN_NNZ = 1 << 20
 #: of about ``BLOCKED_ROW`` entries, so that the innermost loop NumPy runs is long.
 SHORT_ROW = 512
 BLOCKED_ROW = 2048
-#: Runs of the last axis with at most this many positions are gathered into groups
-#: (one box per group instead of one per run: long kernels have thousands of border runs).
-GROUP_RUN = 8
 
 
 def default_threads() -> int:
@@ -66,6 +71,16 @@ def default_threads() -> int:
 
 
 _POOL: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool has no threads there; make a new one on use."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def thread_pool() -> ThreadPoolExecutor:
@@ -185,7 +200,7 @@ def build_csr_arrays(
 
     group_cols = cin_g * n_in
     last_runs = plans[-1].runs
-    last_items = _last_axis_items(last_runs) if ndim > 1 else []
+    last_items = _last_axis_items(last_runs, threaded) if ndim > 1 else []
     for head in itertools.product(*(p.runs for p in plans[:-1])):
         if any(r.m == 0 for r in head):
             continue
@@ -203,7 +218,7 @@ def build_csr_arrays(
             else:
                 head_spans = []
                 items = _last_axis_items(tuple(c for c in (_clip_run(r, a, b)
-                                                           for r in last_runs) if c))
+                                                           for r in last_runs) if c), threaded)
             for item in items:
                 m_last = item.m if isinstance(item, AxisRun) else item.entries
                 if m_last == 0:
@@ -327,7 +342,7 @@ def _clip_run(run: AxisRun, a: int, b: int) -> AxisRun | None:
                                base0=run.base0 + run.step * (lo - run.start))
 
 
-def _last_axis_items(runs: tuple[AxisRun, ...]) -> list[AxisRun | _Group]:
+def _last_axis_items(runs: tuple[AxisRun, ...], threaded: bool) -> list[AxisRun | _Group]:
     """The last axis' runs, consecutive short ones gathered into groups.
 
     Runs of at most ``GROUP_RUN`` positions are gathered: the rows of a group are
@@ -338,7 +353,7 @@ def _last_axis_items(runs: tuple[AxisRun, ...]) -> list[AxisRun | _Group]:
 
     def flush() -> None:
         if len(pending) > 1:
-            items.append(_Group(tuple(pending)))
+            items.append(_Group(tuple(pending), threaded))
         else:
             items.extend(pending)
         pending.clear()
@@ -363,8 +378,9 @@ class _Group:
     few slice assignments, instead of a box per run.
     """
 
-    def __init__(self, runs: tuple[AxisRun, ...]) -> None:
+    def __init__(self, runs: tuple[AxisRun, ...], threaded: bool = False) -> None:
         self.runs = runs
+        self.threaded = threaded
         self.start = runs[0].start
         self.entries = sum(r.size * r.m for r in runs)
         # Consecutive one-position runs of a folding mode are tabulated together (a _Block)
@@ -441,22 +457,27 @@ class _Group:
         """Columns of the super-row: ``[position][head q][slot r]``, ``head[q] + column``."""
         lead = len(head)
         head_x = xp.asarray(head.astype(idx_dtype))
-        line = None  # head[q] + every column of the last axis, built on first use
+        sliced = [run for run in self.parts if isinstance(run, AxisRun) and run.size == 1
+                  and run.axis is not None and (run.taps is not None or run.parts)]
+        line, lo = None, 0
+        if sliced:  # head[q] + every column the sliced runs read, if that range is short
+            lo = min(_column_range(run)[0] for run in sliced)
+            hi = max(_column_range(run)[1] for run in sliced)
+            if hi - lo + 1 <= LINE_FACTOR * sum(run.m for run in sliced):
+                line = head_x[:, None] + xp.arange(lo, hi + 1, dtype=idx_dtype)[None, :]
         pieces = []
         for run in self.parts:
             if isinstance(run, _Block):
                 pieces.append(run.indices(head, xp, idx_dtype))
                 continue
-            m = run.m
-            if run.size == 1 and run.axis is not None and (run.taps is not None or run.parts):
-                if line is None:  # a run reads slices of the line: head[q] + every column
-                    line = head_x[:, None] + xp.arange(run.axis.n, dtype=idx_dtype)[None, :]
+            if line is not None and run in sliced:
                 if run.parts:  # contiguous ranges of columns
                     spans = run.part_layout()[1]
-                    piece = (line[:, spans[0][0]:spans[0][1] + 1] if len(spans) == 1 else
-                             xp.concatenate([line[:, lo:hi + 1] for lo, hi in spans], axis=1))
+                    piece = (line[:, spans[0][0] - lo:spans[0][1] + 1 - lo] if len(spans) == 1
+                             else xp.concatenate([line[:, a - lo:b + 1 - lo] for a, b in spans],
+                                                 axis=1))
                 else:
-                    d, b0 = run.axis.dilation, run.base0
+                    d, b0, m = run.axis.dilation, run.base0 - lo, run.m  # type: ignore[union-attr]
                     piece = line[:, b0:b0 + d * (m - 1) + 1:d]
                 pieces.append(piece[0] if lead == 1 else piece.reshape(-1))
                 continue
@@ -464,7 +485,7 @@ class _Group:
             cols = run.base(np.arange(run.size))[:, None] + offsets[None, :]
             pieces.append((head_x[None, :, None]
                            + xp.asarray(cols.astype(idx_dtype))[:, None, :]).reshape(-1))
-        _concatenate(xp, pieces, out)
+        _concatenate(xp, pieces, out, self.threaded)
 
     def _fill_data(self, out: Any, channels: Any, xp: ModuleType) -> None:
         """Values of the super-row per channel (``out`` is ``(channels, row)``)."""
@@ -481,7 +502,8 @@ class _Group:
                 piece = rows[:, :, a:b]
                 piece = piece[:, 0] if lead == 1 else piece.reshape(count, -1)
             elif run.parts and run.size == 1:  # folded in place, from its parts
-                _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos])
+                _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos],
+                             self.threaded)
                 pieces = []
                 _parts_row(run, rows, out[:, pos:pos + lead * run.m].reshape(
                     count, lead, run.m), xp)
@@ -493,7 +515,17 @@ class _Group:
                     count, -1)
             pieces.append(piece)
             pos += piece.shape[-1]
-        _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos])
+        _concatenate(xp, pieces, out[:, pos - sum(p.shape[-1] for p in pieces):pos],
+                     self.threaded)
+
+
+def _column_range(run: AxisRun) -> tuple[int, int]:
+    """First and last column a one-position run reads."""
+    if run.parts:
+        spans = run.part_layout()[1]
+        return spans[0][0], spans[-1][1]
+    d = run.axis.dilation if run.axis is not None else 1
+    return run.base0, run.base0 + d * (run.m - 1)
 
 
 def _parts_row(run: AxisRun, rows: Any, out: Any, xp: ModuleType) -> None:
@@ -584,7 +616,7 @@ def _row_pointers(entry: np.ndarray, total: int) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(np.bincount(entry.ravel(), minlength=total))))
 
 
-def _concatenate(xp: ModuleType, pieces: list[Any], out: Any) -> None:
+def _concatenate(xp: ModuleType, pieces: list[Any], out: Any, threaded: bool) -> None:
     """``out[..., :] = concatenate(pieces, axis=-1)``, written in place.
 
     A long row on the CPU is cut in two at a piece boundary and the halves are written on
@@ -595,7 +627,7 @@ def _concatenate(xp: ModuleType, pieces: list[Any], out: Any) -> None:
         return
     if not pieces:
         return
-    if xp is np and out.size >= THREADED_MIN_NNZ and default_threads() > 1:
+    if threaded and out.size >= THREADED_MIN_NNZ:
         ends = np.cumsum([p.shape[-1] for p in pieces])
         half = int(np.searchsorted(ends, ends[-1] // 2)) + 1
         if 0 < half < len(pieces):
@@ -700,16 +732,25 @@ def _indptr(g: ConvGeometry, xp: ModuleType, q0: int, q1: int) -> Any:
     """Row pointers of planes ``[q0, q1)``, from 0.
 
     Row ``(c_out, p)`` holds ``C_in/G * prod_d counts_d[p_d]`` entries; computed in the
-    index dtype (every partial sum is at most nnz, which fits).
+    index dtype (every partial sum is at most nnz, which fits), written into ``indptr``
+    plane block by plane block and summed in place: beside ``indptr`` it holds the counts
+    of the first axis and one plane of row lengths (``ConvGeometry.workspace_bytes``).
     """
     idx = g.index_dtype
     plans = g.axis_plans
     rest = np.array(g.in_channels // g.groups, dtype=idx)
     for plan in plans[1:]:
-        rest = np.multiply.outer(rest, plan.counts().astype(idx))
-    first = plans[0].counts().astype(idx)[np.arange(q0, q1) % g.output_size[0]]
-    lengths = xp.asarray(first)[:, None] * xp.asarray(rest.ravel())[None, :]
-    indptr = xp.empty(lengths.size + 1, dtype=idx)
+        rest = np.multiply.outer(rest, plan.counts(idx))
+    rest_x = xp.asarray(rest.ravel())
+    first = plans[0].counts(idx)
+    o1, per = g.output_size[0], rest_x.size
+    indptr = xp.empty((q1 - q0) * per + 1, dtype=idx)
     indptr[0] = 0
-    xp.cumsum(lengths.ravel(), dtype=idx, out=indptr[1:])
+    rows = indptr[1:].reshape(q1 - q0, per)
+    block = max(1, INDPTR_BLOCK // max(1, per))
+    for a in range(q0, q1, block):
+        b = min(q1, a + block)
+        lengths = xp.asarray(first[np.arange(a, b) % o1])
+        xp.multiply(lengths[:, None], rest_x[None, :], out=rows[a - q0:b - q0])
+    xp.cumsum(indptr[1:], out=indptr[1:])
     return indptr

@@ -22,7 +22,7 @@ import convmat
 from convmat import ConvMatrixTooLarge, ConvOperator
 from convmat.axes import AxisMap, axis_plan
 
-from reference import conv_entries, conv_matrix_reference, pad_index
+from reference import assert_matrix_equals, conv_entries, pad_index
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -97,6 +97,7 @@ def test_plan_of_a_long_kernel_is_linear_in_the_kernel():
 
     It tabulated position x tap and grouped taps with Python sets: 19 s for this case.
     """
+    axis_plan.cache_clear()  # plan now, not from an earlier test's cache
     tracemalloc.start()
     g = convmat.conv_geometry(np.ones(2001), (2001,), padding="same")
     nnz = g.nnz
@@ -107,13 +108,20 @@ def test_plan_of_a_long_kernel_is_linear_in_the_kernel():
     assert peak < 2_000 * len(g.axis_plans[0].runs)  # O(runs) small objects
 
 
-@pytest.mark.parametrize("mode", ["zeros", "replicate"])
-def test_huge_padding_is_refused_before_allocating(mode):
-    """padding=10**7 with max_bytes=10**6 was refused after 76 s and 1.4 GB."""
+@pytest.mark.parametrize("mode, n, dilation", [
+    ("zeros", 10, 1), ("replicate", 10, 1), ("zeros", 10, 2), ("replicate", 10, 3),
+    ("reflect", 10**7 + 1, 2), ("circular", 10**7, 2), ("reflect", 10**7 + 1, 1)])
+def test_huge_padding_is_refused_before_allocating(mode, n, dilation):
+    """padding=10**7 with max_bytes=10**6 was refused after 76 s and 1.4 GB.
+
+    Also with dilation, under every mode (reflect and circular bound the padding by n: the
+    far padding, where every tap mirrors or wraps, is one run whatever the dilation).
+    """
+    axis_plan.cache_clear()
     tracemalloc.start()
     with pytest.raises(ConvMatrixTooLarge, match=r"over the limit of 1,000,000 bytes"):
-        convmat.conv_matrix(np.ones(3), (10,), padding=10**7, max_bytes=10**6,
-                            padding_mode=mode)
+        convmat.conv_matrix(np.ones(3), (n,), padding=10**7, max_bytes=10**6,
+                            padding_mode=mode, dilation=dilation)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 1_000_000
@@ -135,8 +143,23 @@ def test_long_kernels_equal_the_reference(mode, k, n, padding):
     opts = dict(padding=padding, groups=2, padding_mode=mode)
     g = convmat.conv_geometry(w, (4, n), **opts)
     W = convmat.conv_matrix(w, (4, n), **opts)
-    ref, _ = conv_matrix_reference(w, (4, n), (1,), list(g.padding), (1,), 2, mode)
-    np.testing.assert_array_equal(W.toarray(), ref)
+    entries, shape, _ = conv_entries(w, (4, n), (1,), list(g.padding), (1,), 2, mode)
+    assert_matrix_equals(W, entries, shape)  # values and the stored pattern
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dilation, stride", [(2, 1), (3, 2)])
+def test_dilated_long_kernels_equal_the_reference(mode, dilation, stride):
+    """Tabulated border positions (dilation > 1, folding modes) and their grouped rows."""
+    rng = np.random.default_rng(dilation)
+    w = rng.integers(-4, 5, size=(2, 2, 9)).astype(np.float64)
+    n = 40
+    pad = min(n - 1, dilation * 8)
+    opts = dict(padding=pad, padding_mode=mode, dilation=dilation, stride=stride)
+    W = convmat.conv_matrix(w, (2, n), **opts)
+    entries, shape, _ = conv_entries(w, (2, n), (stride,), [(pad, pad)], (dilation,), 1,
+                                     mode)
+    assert_matrix_equals(W, entries, shape)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -146,8 +169,9 @@ def test_long_last_axis_kernel_in_2d_equals_the_reference(mode):
     w = rng.integers(-4, 5, size=(2, 2, 2, 25)).astype(np.float64)
     opts = dict(padding=((1, 0), (12, 12)), padding_mode=mode, stride=(1, 2))
     W = convmat.conv_matrix(w, (2, 4, 26), **opts)
-    ref, _ = conv_matrix_reference(w, (2, 4, 26), (1, 2), [(1, 0), (12, 12)], (1, 1), 1, mode)
-    np.testing.assert_array_equal(W.toarray(), ref)
+    entries, shape, _ = conv_entries(w, (2, 4, 26), (1, 2), [(1, 0), (12, 12)], (1, 1), 1,
+                                     mode)
+    assert_matrix_equals(W, entries, shape)
 
 
 def test_stride_beyond_int64_builds():
@@ -157,6 +181,14 @@ def test_stride_beyond_int64_builds():
     assert W.shape == (2, 5) and W.nnz == 0
     W = convmat.conv_matrix(w, (1, 5), stride=2**63)
     np.testing.assert_array_equal(W.toarray(), [[1.0, 2.0, 3.0, 0.0, 0.0]])
+    W = convmat.conv_matrix(w, (1, 5), stride=2**63, padding=2**62, padding_mode="replicate")
+    np.testing.assert_array_equal(W.toarray(), [[6.0, 0, 0, 0, 0], [0, 0, 0, 0, 6.0]])
+    W = convmat.conv_matrix(w, (1, 6), stride=2**63 - 1, padding=2**63 - 1,
+                            padding_mode="replicate")
+    np.testing.assert_array_equal(W.toarray(), [[6.0, 0, 0, 0, 0, 0], [1, 2, 3, 0, 0, 0],
+                                                [0, 0, 0, 0, 0, 6.0]])
+    with pytest.raises(ConvMatrixTooLarge, match=r"bytes at peak .* and indices beyond int64"):
+        convmat.conv_matrix(np.ones(3), (10**19,), stride=10**19, max_bytes=10**30)
 
 
 # --------------------------------------------------------------------------- memory guard
@@ -181,6 +213,20 @@ PEAK_CASES = [
     ("conv_matrix", (3, 3, 3, 3, 3), (3, 10, 10, 10), dict(padding=1,
                                                             padding_mode="replicate")),
     ("conv_matrix", (1, 1, 9), (1, 50), dict(padding=40, padding_mode="replicate")),
+    # found in review: short rows (indptr temporaries), a tall 2-D input, several input
+    # channels with a long kernel, a dilated folding border, rows far apart, a dilated
+    # replicate kernel longer than the input, a stride-1 transpose built as its adjoint
+    ("conv_matrix", (1, 1, 3), (1, 200_000), dict(padding=1)),
+    ("conv_matrix", (1, 1, 1, 1), (1, 100_000, 1), dict()),
+    ("conv_matrix", (1, 8, 301), (8, 301), dict(padding="same")),
+    ("conv_matrix", (1, 4, 101), (4, 301), dict(padding="same", padding_mode="reflect",
+                                                 dilation=2)),
+    ("conv_matrix", (1, 1, 5), (1, 10**7), dict(stride=2 * 10**6, padding=2)),
+    ("conv_matrix", (1, 1, 2308), (1, 229), dict(stride=3, dilation=2, padding=2307,
+                                                  padding_mode="replicate")),
+    ("conv_transpose_matrix", (1, 1, 3000), (1, 10), dict()),
+    ("conv_matrix", (2, 3, 7, 5), (3, 11, 40), dict(padding=(3, 8), dilation=(1, 3),
+                                                     padding_mode="circular")),
 ]
 
 
@@ -266,6 +312,20 @@ def test_default_share_is_per_rank_on_a_node(monkeypatch):
     limit, source = convmat.backend.memory_limit(None, sharers=2)
     assert limit == 2000 and source.endswith("/ 2 processes on this node")
 
+    # and the distributed build asks for its share through it
+    class PETSc:
+        ScalarType, IntType = np.float64, np.int32
+
+    class RankComm(Comm):
+        def getRank(self):  # noqa: N802 - petsc4py's name
+            return 0
+
+    g = convmat.conv_geometry((1, 1, 3, 3), (1, 64, 64), padding=1)
+    with pytest.raises(ConvMatrixTooLarge, match=r"rank 0: .* over the limit of 2,000 bytes "
+                                                 r"\(default: 50% of 7.8 KiB available / 2 "
+                                                 r"processes on this node\)"):
+        convmat.petsc._assemble(PETSc, RankComm(), g, np.ones((1, 1, 3, 3)), None)
+
 
 # --------------------------------------------------------------------------- operators
 def test_operator_owns_its_weight():
@@ -346,14 +406,19 @@ def test_weight_shape_with_negative_channels_is_refused():
         convmat.conv_geometry((2, 0, 3), (0 + 1, 5))
 
 
-def test_entries_reference_agrees_with_dense_reference():
-    """The two views of the naive reference agree (guards the reference itself)."""
-    w = np.arange(1.0, 7.0).reshape(1, 1, 2, 3)
-    entries, shape, _ = conv_entries(w, (1, 3, 4), (1, 1), [(1, 0), (2, 1)], (1, 1), 1,
-                                     "reflect")
-    ref, _ = conv_matrix_reference(w, (1, 3, 4), (1, 1), [(1, 0), (2, 1)], (1, 1), 1,
-                                   "reflect")
-    assert len(entries) == np.count_nonzero(ref) and ref.shape == shape
+def _build_in_child(_):
+    W = convmat.conv_matrix(np.ones((7, 7)), (400, 400), padding="same")  # threaded build
+    return int(W.nnz)
+
+
+def test_forked_workers_build_after_the_parent_did():
+    """A forked child inherited the parent's thread pool without its threads and hung."""
+    import multiprocessing
+
+    W = convmat.conv_matrix(np.ones((7, 7)), (400, 400), padding="same")
+    assert W.nnz >= convmat.indices.THREADED_MIN_NNZ  # the parent used the pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.map_async(_build_in_child, [0]).get(timeout=60) == [W.nnz]
 
 
 def test_operator_module_names_only_its_linear_operator_classes():
