@@ -568,18 +568,16 @@ class _Block:
 
     def __init__(self, axis: AxisMap, start: int, stop: int) -> None:
         self.axis, self.start, self.stop = axis, start, stop
-        self._tables: tuple[Any, ...] | None = None
 
     def _table(self) -> tuple[Any, ...]:
-        if self._tables is None:
-            q = self.axis.table(self.start, self.stop - self.start)
-            order, entry, m, cols = fold_table(q)
-            self._tables = (order, entry, m, cols, int(m.sum()))
-        return self._tables
+        """The block's tap tables, made anew on each use: only one block's are alive."""
+        q = self.axis.table(self.start, self.stop - self.start)
+        order, entry, m, cols = fold_table(q)
+        return order, entry, m, cols, int(m.sum())
 
-    def _layout(self, lead: int) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _layout(lead: int, m: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
         """For the super-row ``[position][q][r]``: each entry's ``q`` and its column entry."""
-        _, _, m, _, total = self._table()
         starts = np.cumsum(m) - m
         counts = lead * m
         rep = np.repeat(np.arange(len(m)), counts)
@@ -589,15 +587,15 @@ class _Block:
 
     def indices(self, head: np.ndarray, xp: ModuleType, idx_dtype: np.dtype) -> Any:
         """Columns of the block's rows: ``head[q] + column``, ``[position][q][r]``."""
-        cols = self._table()[3]
+        _, _, m, cols, total = self._table()
         if len(head) == 1:
             return xp.asarray((cols + head[0]).astype(idx_dtype))
-        q, entry = self._layout(len(head))
+        q, entry = self._layout(len(head), m, total)
         return xp.asarray((head[q] + cols[entry]).astype(idx_dtype))
 
     def data(self, rows: Any, xp: ModuleType) -> Any:
         """Folded values ``(C, len)`` of the block's rows for ``rows`` ``(C, lead, k)``."""
-        order, entry, _, _, total = self._table()
+        order, entry, m, _, total = self._table()
         count, lead, k = rows.shape
         # one row per (position, tap): entry e gets the sum of its taps
         gather = csr_container(xp)(
@@ -607,7 +605,7 @@ class _Block:
         values = (gather @ rows.reshape(count * lead, k).T).T  # (C*lead, total)
         if lead == 1:
             return values
-        q, col = self._layout(lead)
+        q, col = self._layout(lead, m, total)
         return values.reshape(count, lead * total)[:, xp.asarray(q * total + col)]
 
 
