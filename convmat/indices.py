@@ -459,6 +459,7 @@ class _Group:
         head_x = xp.asarray(head.astype(idx_dtype))
         sliced = [run for run in self.parts if isinstance(run, AxisRun) and run.size == 1
                   and run.axis is not None and (run.taps is not None or run.parts)]
+        sliced_ids = {id(run) for run in sliced}
         line, lo = None, 0
         if sliced:  # head[q] + every column the sliced runs read, if that range is short
             lo = min(_column_range(run)[0] for run in sliced)
@@ -470,7 +471,7 @@ class _Group:
             if isinstance(run, _Block):
                 pieces.append(run.indices(head, xp, idx_dtype))
                 continue
-            if line is not None and run in sliced:
+            if line is not None and id(run) in sliced_ids:
                 if run.parts:  # contiguous ranges of columns
                     spans = run.part_layout()[1]
                     piece = (line[:, spans[0][0] - lo:spans[0][1] + 1 - lo] if len(spans) == 1
