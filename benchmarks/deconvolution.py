@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import convmat
-from convmat.solvers import _one_blas_thread
+from convmat.products import one_blas_thread
 
 from timing import median_time
 
@@ -85,7 +85,7 @@ def per_iteration_table(cases) -> list[str]:
         x = rng.standard_normal(n * n)
         y = rng.standard_normal(n * n)
         wt = op.matrix.T.tocsr()
-        with _one_blas_thread():
+        with one_blas_thread():
             pair = (median_time(functools.partial(op.matrix.__matmul__, x))
                     + median_time(functools.partial(wt.__matmul__, y)))
         cells = []

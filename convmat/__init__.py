@@ -8,10 +8,20 @@ convolution is ``W @ x`` and the transposed convolution ``W.T @ y``. A CuPy weig
 """
 
 from . import data
-from .backend import to_cpu, to_gpu
+from .algebra import (
+    MatrixOperator,
+    Operator,
+    ProductOperator,
+    ScaledOperator,
+    StackedOperator,
+    SumOperator,
+    hstack,
+    identity_operator,
+    vstack,
+)
+from .backend import ConvMatrixTooLarge, to_cpu, to_gpu
 from .geometry import (
     ConvGeometry,
-    ConvMatrixTooLarge,
     conv_geometry,
     conv_transpose_geometry,
     output_shape,
@@ -25,6 +35,12 @@ __all__ = [
     "ConvMatrixTooLarge",
     "ConvOperator",
     "DeconvolutionResult",
+    "MatrixOperator",
+    "Operator",
+    "ProductOperator",
+    "ScaledOperator",
+    "StackedOperator",
+    "SumOperator",
     "conv",
     "conv_geometry",
     "conv_matrix",
@@ -34,9 +50,12 @@ __all__ = [
     "data",
     "deconvolve",
     "gradient_operator",
+    "hstack",
+    "identity_operator",
     "output_shape",
     "to_cpu",
     "to_gpu",
+    "vstack",
 ]
 
 __version__ = "0.1.0"

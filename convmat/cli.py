@@ -32,7 +32,7 @@ from . import (
 )
 from .backend import format_bytes
 from .data import phantom
-from .geometry import check_memory
+from .guard import check_memory
 
 __all__ = [
     "UsageError",

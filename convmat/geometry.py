@@ -1,12 +1,12 @@
-"""Geometry of an N-d convolution: validate every argument once, resolve it, size it.
+"""Geometry of an N-d convolution: the arguments resolved once into a frozen plan, sized.
 
-Everything here works on plain Python ints; the per-axis plans (:mod:`convmat.axes`)
-cost O(kernel + border runs), whatever the padding, and nothing proportional to the
-number of nonzeros is ever allocated. A :class:`ConvGeometry` is the *plan* of a
+The arguments are checked by :mod:`convmat.arguments`, sized by the formulas of
+:mod:`convmat.sizes` and planned per axis by :mod:`convmat.axes`; the memory guard is
+:mod:`convmat.guard`. Everything here works on plain Python ints; the per-axis plans
+cost O(kernel + border runs), whatever the padding, and nothing proportional to the number
+of nonzeros is ever allocated. A :class:`ConvGeometry` is the *plan* of a
 convolution matrix: frozen, hashable, and it knows the exact ``nnz``, the index dtype
 and the bytes of the finished CSR before anything is built.
-
-The per-axis formulas are tiny pure functions whose docstring is the formula.
 """
 
 from __future__ import annotations
@@ -14,44 +14,35 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .axes import PADDING_MAPS, TABLE_ENTRIES, AxisMap, AxisPlan, AxisRun, axis_plan
-from .backend import (
-    DEFAULT_MEMORY_SHARE,
-    ConvMatrixTooLarge,
-    available_memory,
-    check_index_dtype,
-    format_bytes,
-    memory_limit,
+from .arguments import (
+    as_int,
+    check_dtype,
+    check_input_shape,
+    check_positive,
+    per_axis,
+    resolve_padding,
+    shape_of,
 )
+from .axes import PADDING_MAPS, TABLE_ENTRIES, AxisMap, AxisPlan, AxisRun, axis_plan
+from .backend import format_bytes
+from .sizes import conv_output_size, conv_transpose_output_size, dilated_kernel_size
 
 __all__ = [
     "INDEX_LIMIT",
     "PADDING_MODES",
-    "SUPPORTED_DTYPES",
     "AxisPlan",
     "AxisRun",
     "ConvGeometry",
-    "DEFAULT_MEMORY_SHARE",
-    "ConvMatrixTooLarge",
-    "available_memory",
-    "check_memory",
     "conv_geometry",
-    "conv_output_size",
     "conv_transpose_geometry",
-    "conv_transpose_output_size",
-    "dilated_kernel_size",
-    "memory_limit",
     "output_shape",
 ]
 
-#: Supported dtypes of ``W`` (and so of the weight): the ones SciPy and CuPy sparse both support.
-SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
 #: PyTorch's ``padding_mode`` values.
 PADDING_MODES = tuple(PADDING_MAPS)
 #: The builder (:mod:`convmat.indices`) writes pending boxes once their tables hold this
@@ -69,161 +60,6 @@ GROUP_RUN = 8
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
-
-# --------------------------------------------------------------------------- per-axis formulas
-
-
-def dilated_kernel_size(kernel_size: int, dilation: int) -> int:
-    """Span of a dilated kernel: ``dilation * (kernel_size - 1) + 1``."""
-    return dilation * (kernel_size - 1) + 1
-
-
-def conv_output_size(
-    input_size: int, kernel_size: int, stride: int, dilation: int, pad_lo: int, pad_hi: int
-) -> int:
-    """Convolution output size: ``(n + lo + hi - dilation*(k-1) - 1) // stride + 1``."""
-    return (input_size + pad_lo + pad_hi - dilated_kernel_size(kernel_size, dilation)) // stride + 1
-
-
-def conv_transpose_output_size(
-    input_size: int,
-    kernel_size: int,
-    stride: int,
-    dilation: int,
-    pad_lo: int,
-    pad_hi: int,
-    output_padding: int,
-) -> int:
-    """Transposed-conv output: ``(n-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``."""
-    return (
-        (input_size - 1) * stride
-        - pad_lo
-        - pad_hi
-        + dilated_kernel_size(kernel_size, dilation)
-        + output_padding
-    )
-
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    return int(value)
-
-
-def _per_axis(name: str, value: Any, ndim: int) -> tuple[int, ...]:
-    """An int, or a sequence of ``ndim`` ints, as a per-axis tuple."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != ndim:
-            raise ValueError(
-                f"{name}={tuple(value)!r} has {len(value)} entries but the convolution has "
-                f"{ndim} spatial axes"
-            )
-        return tuple(_as_int(f"{name}[{d}]", v) for d, v in enumerate(value))
-    return (_as_int(name, value),) * ndim
-
-
-def _positive(name: str, values: tuple[int, ...]) -> None:
-    for d, v in enumerate(values):
-        if v <= 0:
-            raise ValueError(f"{name} must be >= 1 on every axis; axis {d} has {name}={v}")
-
-
-def _resolve_padding(
-    padding: Any,
-    ndim: int,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-) -> tuple[tuple[int, int], ...]:
-    """Per-axis ``(lo, hi)`` padding from an int, a string, ints or pairs per axis."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0),) * ndim
-        if padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError(
-                    f"padding='same' needs stride 1 on every axis, got stride={stride}"
-                )
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
-            # PyTorch puts the odd extra element at the end.
-            return tuple((t // 2, t - t // 2) for t in totals)
-        raise ValueError(
-            f"padding={padding!r} is not a known padding; use 'valid', 'same', an int, "
-            "a per-axis tuple of ints, or per-axis (lo, hi) pairs"
-        )
-    if isinstance(padding, Sequence):
-        if len(padding) != ndim:
-            raise ValueError(
-                f"padding={tuple(padding)!r} has {len(padding)} entries but the convolution "
-                f"has {ndim} spatial axes"
-            )
-        pairs = []
-        for d, item in enumerate(padding):
-            if isinstance(item, Sequence) and not isinstance(item, str):
-                if len(item) != 2:
-                    raise ValueError(
-                        f"padding[{d}]={tuple(item)!r} must be an int or a (lo, hi) pair"
-                    )
-                pairs.append((_as_int(f"padding[{d}][0]", item[0]),
-                              _as_int(f"padding[{d}][1]", item[1])))
-            else:
-                p = _as_int(f"padding[{d}]", item)
-                pairs.append((p, p))
-        resolved = tuple(pairs)
-    else:
-        p = _as_int("padding", padding)
-        resolved = ((p, p),) * ndim
-    for d, (lo, hi) in enumerate(resolved):
-        if lo < 0 or hi < 0:
-            raise ValueError(f"padding must be >= 0; axis {d} has padding (lo, hi)=({lo}, {hi})")
-    return resolved
-
-
-def _check_dtype(dtype: Any) -> str:
-    try:
-        name = np.dtype(dtype).name
-    except TypeError as exc:
-        raise TypeError(
-            f"weight dtype {dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
-        ) from exc
-    if name not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"weight dtype {name} is not supported; use one of {', '.join(SUPPORTED_DTYPES)} "
-            "(convert with weight.astype(...))"
-        )
-    return name
-
-
-def _shape_of(weight: Any) -> tuple[tuple[int, ...], Any]:
-    """``(shape, dtype)`` of an array-like weight, or ``(shape, None)`` of a shape tuple."""
-    if hasattr(weight, "shape") and hasattr(weight, "dtype"):
-        return tuple(int(s) for s in weight.shape), weight.dtype
-    if isinstance(weight, Sequence) and all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in weight
-    ):
-        return tuple(int(s) for s in weight), None
-    raise TypeError(
-        f"weight must be an array or a shape tuple of ints, got {type(weight).__name__}"
-    )
-
-
-def _input_shape(input_shape: Any) -> tuple[int, ...]:
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise TypeError(
-            f"input_shape must be a tuple of ints, got {input_shape!r} "
-            f"({type(input_shape).__name__})"
-        )
-    shape = tuple(_as_int(f"input_shape[{i}]", s) for i, s in enumerate(input_shape))
-    if len(shape) == 0:
-        raise ValueError("input_shape=() is empty; give (C_in, *spatial) or the spatial shape")
-    for i, s in enumerate(shape):
-        if s <= 0:
-            raise ValueError(f"input_shape={shape} has a size {s} <= 0 at position {i}")
-    return shape
-
 
 # --------------------------------------------------------------------------- the geometry
 
@@ -528,10 +364,6 @@ class ConvGeometry:
         return f"ConvGeometry({self.describe()}; {self.summary()})"
 
 
-#: Kept for callers that used the private name; use :func:`convmat.backend.format_bytes`.
-_format_bytes = format_bytes
-
-
 # --------------------------------------------------------------------------- constructors
 
 
@@ -549,10 +381,10 @@ def _build(
     output_size: Any = None,
     dtype: Any = None,
 ) -> ConvGeometry:
-    wshape, wdtype = _shape_of(weight)
-    dtype_name = _check_dtype(wdtype if wdtype is not None else (dtype or "float64"))
-    shape = _input_shape(input_shape)
-    groups = _as_int("groups", groups)
+    wshape, wdtype = shape_of(weight)
+    dtype_name = check_dtype(wdtype if wdtype is not None else (dtype or "float64"))
+    shape = check_input_shape(input_shape)
+    groups = as_int("groups", groups)
     if groups <= 0:
         raise ValueError(f"groups must be >= 1, got groups={groups}")
 
@@ -607,11 +439,11 @@ def _build(
             )
 
 
-    stride_t = _per_axis("stride", stride, ndim)
-    _positive("stride", stride_t)
-    dilation_t = _per_axis("dilation", dilation, ndim)
-    _positive("dilation", dilation_t)
-    pad = _resolve_padding(padding, ndim, kernel, stride_t, dilation_t)
+    stride_t = per_axis("stride", stride, ndim)
+    check_positive("stride", stride_t)
+    dilation_t = per_axis("dilation", dilation, ndim)
+    check_positive("dilation", dilation_t)
+    pad = resolve_padding(padding, ndim, kernel, stride_t, dilation_t)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(
             f"padding_mode={padding_mode!r} is not one of {', '.join(map(repr, PADDING_MODES))}"
@@ -620,14 +452,14 @@ def _build(
     if transposed:
         if output_size is not None:
             if not (isinstance(output_padding, int) and output_padding == 0) and any(
-                _per_axis("output_padding", output_padding, ndim)
+                per_axis("output_padding", output_padding, ndim)
             ):
                 raise ValueError("give output_padding or output_size, not both")
             out_pad = _output_padding_from_size(
                 output_size, spatial, kernel, stride_t, dilation_t, pad
             )
         else:
-            out_pad = _per_axis("output_padding", output_padding, ndim)
+            out_pad = per_axis("output_padding", output_padding, ndim)
         for d, (op, s, dl) in enumerate(zip(out_pad, stride_t, dilation_t, strict=True)):
             if op < 0 or op >= max(s, dl):
                 raise ValueError(
@@ -719,7 +551,7 @@ def _output_padding_from_size(
             f"(optionally preceded by channels, or batch and channels)"
         )
     size = tuple(
-        _as_int(f"output_size[{i}]", v) for i, v in enumerate(tuple(output_size)[-ndim:])
+        as_int(f"output_size[{i}]", v) for i, v in enumerate(tuple(output_size)[-ndim:])
     )
     mins = tuple(
         conv_transpose_output_size(n, k, s, d, lo, hi, 0)
@@ -839,33 +671,3 @@ def output_shape(
     """
     make = conv_transpose_geometry if transposed else conv_geometry
     return make(weight, input_shape, **options).output_shape
-
-
-# --------------------------------------------------------------------------- memory guard
-
-
-def check_memory(geometry: ConvGeometry, max_bytes: int | None, *, what: str = "W",
-                 xp: Any = np, peak: int | None = None) -> None:
-    """Refuse (``ConvMatrixTooLarge``) a build whose peak would exceed ``max_bytes``.
-
-    ``peak`` is the bytes the operation allocates (default ``geometry.peak_bytes``, a
-    whole build); ``max_bytes=None`` allows half of the available memory, see
-    :func:`memory_limit`. On CuPy, int64 indices also need CuPy >= 14.1 (``ValueError``).
-    """
-    check_index_dtype(geometry.index_dtype, xp, what=what)
-    rows, cols = geometry.shape
-    if max(rows, cols, geometry.nnz) >= 2**63:
-        raise ConvMatrixTooLarge(
-            f"{what} of shape {geometry.shape} with nnz={geometry.nnz:,} needs "
-            f"{geometry.peak_bytes:,} bytes at peak ({format_bytes(geometry.peak_bytes)}) and "
-            "indices beyond int64 (2**63 or more rows, columns or entries)")
-    limit, source = memory_limit(max_bytes, xp)
-    if limit is None:
-        return
-    peak = geometry.peak_bytes if peak is None else peak
-    if peak > limit:
-        raise ConvMatrixTooLarge(
-            f"{what} of shape {geometry.shape} with nnz={geometry.nnz:,} needs "
-            f"{peak:,} bytes at peak ({format_bytes(peak)}; the CSR alone is "
-            f"{geometry.nbytes:,} bytes), over the limit of {limit:,} bytes ({source})"
-        )

@@ -49,7 +49,7 @@ from .geometry import (
     ConvGeometry,
 )
 
-__all__ = ["build_csr_arrays", "fold_weight"]
+__all__ = ["build_csr_arrays", "fold_weight", "plane_offset"]
 
 #: Entries written by one task (a slab of a box); bounds per-task temporaries.
 TASK_ENTRIES = 1 << 21
@@ -154,8 +154,8 @@ def build_csr_arrays(
     idx_dtype = g.index_dtype
     o1 = g.output_size[0]
     q0, q1 = planes if planes is not None else (0, g.out_channels * o1)
-    base = _plane_offset(g, q0)
-    nnz = _plane_offset(g, q1) - base
+    base = plane_offset(g, q0)
+    nnz = plane_offset(g, q1) - base
 
     data_arr = xp.empty(nnz, dtype=g.dtype) if weight is not None else None
     idx_arr = xp.empty(nnz, dtype=idx_dtype) if indices else None
@@ -276,7 +276,7 @@ def build_csr_arrays(
     return data_arr, idx_arr, indptr
 
 
-def _plane_offset(g: ConvGeometry, plane: int) -> int:
+def plane_offset(g: ConvGeometry, plane: int) -> int:
     """Entries of ``W`` before the first row of output plane ``plane``."""
     o1 = g.output_size[0]
     channel, p = divmod(plane, o1)

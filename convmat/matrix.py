@@ -9,15 +9,23 @@ from typing import Any
 import numpy as np
 
 from .backend import array_namespace, csr_container, refuse_masked, same_backend
-from .geometry import (
-    ConvGeometry,
-    check_memory,
-    conv_geometry,
-    conv_transpose_geometry,
-)
+from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
+from .guard import check_memory
 from .indices import build_csr_arrays
 
-__all__ = ["conv", "conv_matrix", "conv_transpose", "conv_transpose_matrix"]
+__all__ = [
+    "adjoint_weight",
+    "assemble",
+    "check_finite",
+    "conv",
+    "conv_matrix",
+    "conv_transpose",
+    "conv_transpose_matrix",
+    "conv_weight",
+    "from_arrays",
+    "prepare_conv",
+    "prepare_conv_transpose",
+]
 
 
 def _as_weight(weight: Any) -> tuple[Any, ModuleType]:
@@ -27,7 +35,8 @@ def _as_weight(weight: Any) -> tuple[Any, ModuleType]:
     return weight, xp
 
 
-def _check_finite(weight: Any, xp: ModuleType) -> None:
+def check_finite(weight: Any, xp: ModuleType) -> None:
+    """Refuse a weight holding NaN or inf (``ValueError`` with their count)."""
     if weight.dtype.kind in "fc":
         bad = int(xp.count_nonzero(~xp.isfinite(weight)))
         if bad:
@@ -37,7 +46,7 @@ def _check_finite(weight: Any, xp: ModuleType) -> None:
             )
 
 
-def _conv_weight(geometry: ConvGeometry, weight: Any) -> Any:
+def conv_weight(geometry: ConvGeometry, weight: Any) -> Any:
     """The weight as ``(C_out, C_in/G, *kernel)`` of the forward convolution."""
     if geometry.shorthand:
         return weight.reshape((1, 1, *weight.shape))
@@ -48,7 +57,7 @@ def _prepare(weight: Any, make_geometry: Any) -> tuple[Any, ModuleType, ConvGeom
     """Validate ``weight`` (shape, dtype, values) through ``make_geometry(weight)``."""
     weight, xp = _as_weight(weight)
     geometry = make_geometry(weight)
-    _check_finite(weight, xp)
+    check_finite(weight, xp)
     return weight, xp, geometry
 
 
@@ -68,7 +77,7 @@ def assemble(geometry: ConvGeometry, weight: Any, xp: ModuleType,
              threads: int | None = None) -> Any:
     """The CSR matrix of ``geometry`` (forward, or transposed when ``geometry.transposed``)."""
     forward = geometry.T if geometry.transposed else geometry
-    weight = _conv_weight(forward, weight)
+    weight = conv_weight(forward, weight)
     if geometry.transposed:
         adjoint = forward.adjoint
         if adjoint is not None:  # W.T is itself a convolution: write it directly

@@ -9,23 +9,25 @@ from typing import Any
 
 import numpy as np
 
+from .algebra import MatrixOperator
+from .arguments import check_dtype
 from .backend import (
     array_namespace,
     format_bytes,
-    is_cupy_sparse,
     linear_operator_class,
     refuse_masked,
     same_backend,
     to_cpu,
     to_gpu,
 )
-from .geometry import ConvGeometry, _check_dtype, check_memory
+from .geometry import ConvGeometry
+from .guard import check_memory
 from .indices import build_csr_arrays
 from .matrix import (
-    _check_finite,
-    _conv_weight,
     adjoint_weight,
     assemble,
+    check_finite,
+    conv_weight,
     from_arrays,
     prepare_conv,
     prepare_conv_transpose,
@@ -55,7 +57,7 @@ class GeometryShapes:
         return self.geometry.output_shape
 
 
-class ConvOperator(GeometryShapes):
+class ConvOperator(GeometryShapes, MatrixOperator):
     """A convolution as a linear operator ``y = W @ x``, with shapes attached.
 
     Parameters
@@ -67,6 +69,10 @@ class ConvOperator(GeometryShapes):
     **options
         ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``max_bytes``
         as in :func:`convmat.conv_matrix`.
+    bias : array, optional
+        ``(C_out,)`` (a scalar for the one-channel shorthand): the operator is then the
+        affine map ``x -> W x + bias`` (``op(x)``; ``op @ x`` applies ``W`` alone), with
+        ``offset`` the bias broadcast over the output.
 
     Attributes
     ----------
@@ -77,6 +83,9 @@ class ConvOperator(GeometryShapes):
         The weight the operator was built from (the same array for ``.T`` and ``.H``).
     geometry : ConvGeometry
     shape, input_shape, output_shape, dtype, nnz, nbytes, device
+
+    It is a :class:`convmat.MatrixOperator` (a ``scipy.sparse.linalg.LinearOperator``): it
+    composes, adds, scales and stacks with the other operators (:mod:`convmat.algebra`).
 
     Notes
     -----
@@ -102,9 +111,6 @@ class ConvOperator(GeometryShapes):
            [ 4., 12.,  9.]])
     """
 
-    # Let NumPy defer `ndarray @ op` / `ndarray * op` to this class.
-    __array_ufunc__ = None
-
     geometry: ConvGeometry
     matrix: Any
     weight: Any
@@ -121,15 +127,18 @@ class ConvOperator(GeometryShapes):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         padding_mode: str = "zeros",
+        bias: Any = None,
         max_bytes: int | None = None,
     ) -> None:
         weight, xp, geometry = prepare_conv(
             weight, input_shape, stride=stride, padding=padding, dilation=dilation,
             groups=groups, padding_mode=padding_mode,
         )
+        offset = _bias_offset(bias, geometry.output_shape, geometry.shorthand, xp)
         check_memory(geometry, max_bytes, xp=xp)
         weight = _owned(weight, xp)
         self._set(geometry, assemble(geometry, weight, xp), xp, weight)
+        self.offset = offset
 
     @classmethod
     def transposed(
@@ -144,12 +153,14 @@ class ConvOperator(GeometryShapes):
         groups: int = 1,
         output_size: Sequence[int] | None = None,
         padding_mode: str = "zeros",
+        bias: Any = None,
         max_bytes: int | None = None,
     ) -> ConvOperator:
         """The transposed convolution, weight ``(C_in, C_out // groups, *kernel)``.
 
         Arguments as :func:`convmat.conv_transpose_matrix`; the result is the ``.T`` of the
         matching convolution operator (its ``matrix`` a transposed CSC view, no copy).
+        ``bias`` ``(C_out,)`` makes it affine, as for :class:`ConvOperator`.
 
         Examples
         --------
@@ -163,10 +174,16 @@ class ConvOperator(GeometryShapes):
             weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
             dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
         )
+        offset = _bias_offset(bias, geometry.output_shape, geometry.shorthand, xp)
         forward = geometry.T
         check_memory(forward, max_bytes, xp=xp)
         weight = _owned(weight, xp)
-        return cls._from(forward, assemble(forward, weight, xp), xp, weight).T
+        op = cls._from(forward, assemble(forward, weight, xp), xp, weight).T
+        if offset is None:
+            return op
+        affine = ConvOperator._from(op.geometry, op.matrix, xp, op.weight)
+        affine.offset = offset
+        return affine
 
     @classmethod
     def _from(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType,
@@ -181,6 +198,8 @@ class ConvOperator(GeometryShapes):
         self.weight = weight
         self._xp = xp
         self._adjoints = {}
+        self.offset = None
+        self.name = "conv"
 
     # ---------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -201,20 +220,13 @@ class ConvOperator(GeometryShapes):
 
     # ---------------------------------------------------------------- attributes
     @property
-    def dtype(self) -> np.dtype:
-        """Dtype of the matrix."""
-        return np.dtype(self.matrix.dtype)
+    def xp(self) -> ModuleType:
+        """The array module of the weight and matrix (NumPy or CuPy)."""
+        return self._xp
 
-    @property
-    def nnz(self) -> int:
-        """Stored entries of the matrix."""
-        return int(self.matrix.nnz)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the matrix arrays."""
-        m = self.matrix
-        return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+    def describe(self) -> str:
+        """Kind, shapes and options of the convolution."""
+        return self.geometry.describe()
 
     # ---------------------------------------------------------------- adjoints
     @property
@@ -238,47 +250,7 @@ class ConvOperator(GeometryShapes):
             self._adjoints["H"] = op
         return self._adjoints["H"]
 
-    # ---------------------------------------------------------------- application
-    def __matmul__(self, x: Any) -> Any:
-        return self.apply(x)
-
-    def apply(self, x: Any) -> Any:
-        """``W @ x`` for a vector, a shaped input, a batch or a block of columns.
-
-        A sparse block of columns ``(cols, k)`` (SciPy or CuPy sparse, on the operator's
-        backend) gives the sparse product. NumPy masked arrays are refused: the product
-        would silently use the values under the mask.
-        """
-        rows, cols = self.shape
-        if _is_sparse(x):
-            same_backend("x", x, self._xp, "the operator")
-            if len(x.shape) != 2 or x.shape[0] != cols:
-                raise ValueError(
-                    f"sparse x of shape {tuple(x.shape)} does not fit the operator "
-                    f"{rows}x{cols}: a sparse x must be a block of columns ({cols}, k)")
-            return self.matrix @ x
-        refuse_masked("x", x, "W @ x")
-        same_backend("x", x, self._xp, "the operator")
-        x = np.asarray(x) if self._xp is np else x
-        if x.dtype.kind not in "biufc":
-            raise TypeError(f"x must be a numeric array, got dtype {x.dtype}")
-        ins, outs = self.input_shape, self.output_shape
-        w = self.matrix
-        if x.ndim == 1 and x.shape[0] == cols:
-            return w @ x
-        if tuple(x.shape) == ins:
-            return (w @ x.reshape(-1)).reshape(outs)
-        if x.ndim == len(ins) + 1 and tuple(x.shape[1:]) == ins:
-            flat = x.reshape(x.shape[0], cols)
-            return (w @ flat.T).T.reshape((x.shape[0], *outs))
-        if x.ndim == 2 and x.shape[0] == cols:
-            return w @ x
-        raise ValueError(
-            f"x of shape {tuple(x.shape)} does not fit the operator {rows}x{cols}: expected a "
-            f"vector ({cols},), an input of shape {ins}, a batch (N, *{ins}) or a block of "
-            f"columns ({cols}, k)"
-        )
-
+    # ---------------------------------------------------------------- bridges
     def aslinearoperator(self) -> Any:
         """A ``LinearOperator`` (matvec, rmatvec, matmat, adjoint) on the operator's backend.
 
@@ -298,11 +270,6 @@ class ConvOperator(GeometryShapes):
         return _linear_operator_class(name)(self)
 
     # ---------------------------------------------------------------- devices
-    @property
-    def device(self) -> str:
-        """``'cpu'`` (NumPy/SciPy) or ``'gpu'`` (CuPy)."""
-        return "cpu" if self._xp is np else "gpu"
-
     def to_gpu(self, *, max_bytes: int | None = None) -> ConvOperator:
         """The same operator on the GPU (CuPy): matrix and weight copied, nothing rebuilt.
 
@@ -342,7 +309,9 @@ class ConvOperator(GeometryShapes):
         xp = array_namespace(weight)
         if xp is self._xp:
             return self
-        return ConvOperator._from(self.geometry, move(self.matrix), xp, weight)
+        op = ConvOperator._from(self.geometry, move(self.matrix), xp, weight)
+        op.offset = None if self.offset is None else move(self.offset)
+        return op
 
     def with_weight(self, weight: Any, *, max_bytes: int | None = None) -> ConvOperator:
         """The same geometry with another weight: only ``data`` is rebuilt.
@@ -370,16 +339,20 @@ class ConvOperator(GeometryShapes):
                 f"weight of shape {tuple(weight.shape)} does not fit this operator: expected "
                 f"{expected}"
             )
-        forward = dataclasses.replace(forward, dtype=_check_dtype(weight.dtype))
-        _check_finite(weight, xp)
+        forward = dataclasses.replace(forward, dtype=check_dtype(weight.dtype))
+        check_finite(weight, xp)
         check_memory(forward, max_bytes, xp=xp, what="the new data of W",
                      peak=forward.nnz * forward.itemsize + forward.workspace_bytes)
         weight = _owned(weight, xp)
         base = self.T.matrix if transposed else self.matrix
-        data, _, _ = build_csr_arrays(forward, _conv_weight(forward, weight), xp, indices=False)
+        data, _, _ = build_csr_arrays(forward, conv_weight(forward, weight), xp, indices=False)
         w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
         op = ConvOperator._from(forward, w, xp, weight)
-        return op.T if transposed else op
+        op = op.T if transposed else op
+        if self.offset is not None:  # the same bias
+            op = ConvOperator._from(op.geometry, op.matrix, xp, op.weight)
+            op.offset = self.offset
+        return op
 
     def adjoint_csr(self, *, max_bytes: int | None = None) -> Any:
         """CSR matrix of the adjoint ``W^H`` (``op.H.matrix`` is a CSC view).
@@ -415,10 +388,10 @@ class ConvOperator(GeometryShapes):
             if conj:  # in place: W.conj().T would copy the data once more
                 xp.conjugate(wh.data, out=wh.data)
             return wh
-        flipped = adjoint_weight(g, _conv_weight(g, self.weight), xp)
+        flipped = adjoint_weight(g, conv_weight(g, self.weight), xp)
         if conj:
             flipped = flipped.conj()
-        if adjoint == g and bool(xp.array_equal(flipped, _conv_weight(g, self.weight))):
+        if adjoint == g and bool(xp.array_equal(flipped, conv_weight(g, self.weight))):
             return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
         check_memory(adjoint, max_bytes, xp=xp, what="W^H")
         data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
@@ -432,7 +405,7 @@ class ConvOperator(GeometryShapes):
         """A small table (geometry, shapes, nnz, density, bytes) and a pattern thumbnail."""
         from html import escape
 
-        from ._thumbnail import thumbnail
+        from .thumbnail import thumbnail
 
         g = self.geometry
         kind = f"conv_transpose{g.ndim}d" if g.transposed else f"conv{g.ndim}d"
@@ -470,16 +443,35 @@ class ConvOperator(GeometryShapes):
     def __repr__(self) -> str:
         g = self.geometry
         backend = "" if self._xp is np else ", backend=cupy"
+        affine = ", affine" if self.offset is not None else ""
         return (
             f"ConvOperator({g.describe()}; shape={self.shape}, nnz={self.nnz:,}, "
-            f"dtype={self.dtype}, {format_bytes(self.nbytes)}{backend})"
+            f"dtype={self.dtype}, {format_bytes(self.nbytes)}{affine}{backend})"
         )
 
 
-def _is_sparse(x: Any) -> bool:
-    import scipy.sparse
-
-    return bool(scipy.sparse.issparse(x)) or is_cupy_sparse(x)
+def _bias_offset(bias: Any, output_shape: tuple[int, ...], shorthand: bool,
+                 xp: ModuleType) -> Any:
+    """The bias broadcast over the output: ``(C_out,)`` per channel, a scalar for the shorthand."""
+    if bias is None:
+        return None
+    refuse_masked("bias", bias, "the bias")
+    same_backend("bias", bias, xp, "the weight")
+    b = np.asarray(bias) if xp is np else bias
+    if b.dtype.kind not in "biufc":
+        raise TypeError(f"bias must be a numeric array, got dtype {b.dtype}")
+    channels = 1 if shorthand else output_shape[0]
+    if b.size != channels or b.ndim > 1:
+        expected = "a scalar (one-channel shorthand)" if shorthand else f"({channels},)"
+        raise ValueError(f"bias of shape {tuple(b.shape)} does not fit: expected {expected}")
+    if not bool(xp.all(xp.isfinite(b))):
+        raise ValueError("bias contains NaN or inf")
+    spatial = output_shape if shorthand else output_shape[1:]
+    shape = (1,) * len(spatial) if shorthand else (channels,) + (1,) * len(spatial)
+    out = xp.broadcast_to(b.reshape(shape), output_shape).copy()
+    if xp is np:
+        out.flags.writeable = False
+    return out
 
 
 def _owned(weight: Any, xp: ModuleType) -> Any:

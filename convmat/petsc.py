@@ -32,9 +32,9 @@ import numpy as np
 from .backend import ConvMatrixTooLarge, format_bytes, memory_limit
 from .geometry import ConvGeometry
 from .indices import build_csr_arrays
-from .matrix import _conv_weight, prepare_conv
+from .matrix import conv_weight, prepare_conv
 from .operator import GeometryShapes
-from .solvers import DeconvolutionResult
+from .result import DeconvolutionResult
 
 __all__ = ["DistributedConvOperator", "conv_matrix", "plane_ranges"]
 
@@ -162,9 +162,9 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noq
     per_plane = math.prod(geometry.output_size[1:])
     rows, cols = geometry.conv_shape
     index = np.dtype(PETSc.IntType)
-    from .indices import _plane_offset
+    from .indices import plane_offset
 
-    local_nnz = _plane_offset(geometry, q1) - _plane_offset(geometry, q0)
+    local_nnz = plane_offset(geometry, q1) - plane_offset(geometry, q0)
     local_rows = (q1 - q0) * per_plane
     if max(rows, cols, geometry.nnz) >= np.iinfo(index).max:
         raise ValueError(f"W of shape {geometry.shape} with nnz={geometry.nnz:,} needs 64-bit "
@@ -179,7 +179,7 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noq
             f"({format_bytes(peak)}), over the limit of {limit:,} bytes ({source})"
         )
     geometry = geometry if geometry.dtype == scalar.name else _with_dtype(geometry, scalar)
-    w = np.ascontiguousarray(_conv_weight(geometry, weight), dtype=scalar)
+    w = np.ascontiguousarray(conv_weight(geometry, weight), dtype=scalar)
     row0 = q0 * per_plane
 
     mat = PETSc.Mat().create(comm=comm)
@@ -218,9 +218,9 @@ CHUNK_BYTES = 64 * 2**20
 
 
 def _chunk_bytes(g: ConvGeometry, a: int, b: int, scalar: np.dtype, index: np.dtype) -> int:
-    from .indices import _plane_offset
+    from .indices import plane_offset
 
-    nnz = _plane_offset(g, b) - _plane_offset(g, a)
+    nnz = plane_offset(g, b) - plane_offset(g, a)
     rows = (b - a) * math.prod(g.output_size[1:])
     return nnz * (scalar.itemsize + index.itemsize) + (rows + 1) * (index.itemsize + 8)
 

@@ -109,7 +109,7 @@ def spy(op: ConvOperator, ax: Any = None, *, markersize: float | None = None,
         ax.set_xlim(-0.5, cols - 0.5)
         ax.set_ylim(rows - 0.5, -0.5)
     else:
-        from ._thumbnail import pattern_density
+        from .thumbnail import pattern_density
 
         dens = pattern_density(w, (min(rows, 600), min(cols, 600)))
         ax.imshow(np.log1p(dens), cmap="Blues", aspect="auto",

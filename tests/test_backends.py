@@ -14,8 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 import convmat
-from convmat import ConvOperator, backend
-from convmat.geometry import ConvMatrixTooLarge, check_memory
+from convmat import ConvMatrixTooLarge, ConvOperator, backend
+from convmat.guard import check_memory
 
 from backends import cp, eps, host, requires_gpu
 

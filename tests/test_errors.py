@@ -8,7 +8,8 @@ import pytest
 
 import convmat
 from convmat import ConvMatrixTooLarge, ConvOperator, conv_matrix, conv_transpose_matrix
-from convmat.geometry import _format_bytes, conv_geometry
+from convmat.backend import format_bytes
+from convmat.geometry import conv_geometry
 
 W3 = np.ones((4, 2, 3, 3))  # C_out=4, C_in/g=2, 3x3
 IN = (2, 8, 8)
@@ -315,8 +316,8 @@ def test_mixing_backends_is_a_type_error(op, monkeypatch):
         op.with_weight(_FakeCupyArray())
 
 
-def test_format_bytes():
-    assert _format_bytes(10) == "10 B"
-    assert _format_bytes(2048) == "2.0 KiB"
-    assert _format_bytes(3 * 2**30) == "3.0 GiB"
-    assert _format_bytes(5 * 2**40) == "5.0 TiB"
+def testformat_bytes():
+    assert format_bytes(10) == "10 B"
+    assert format_bytes(2048) == "2.0 KiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert format_bytes(5 * 2**40) == "5.0 TiB"

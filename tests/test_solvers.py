@@ -246,7 +246,7 @@ def test_methods_agree_on_same_problem():
 
 
 def test_convmat_lsqr_equals_scipy_lsqr(small):
-    """The array-namespace LSQR runs SciPy's recurrences: same stop, same iterations, and
+    """The array-namespace LSQR runs SciPy's recurrences: same stop, iterations within drift, and
     each x is the least-squares solution to within what the stopping rule guarantees.
 
     The two x are not compared with each other to rounding: on a system of cond(A) ~ 10,
@@ -265,10 +265,16 @@ def test_convmat_lsqr_equals_scipy_lsqr(small):
         ref = scipy_lsqr(W, b, damp=damp, iter_lim=400, **tol)
         x, istop, itn, hist = lsqr(W.__matmul__, W.T.__matmul__, b, np.zeros(n), damp=damp,
                                    maxiter=400, **tol)
-        # The same decisions: the stopping tests compare the same recurrence values, which
-        # the two differ in by rounding only; a test flips only if it lands within rounding
-        # of its threshold, which does not happen for these seeded systems.
-        assert (istop, itn) == (ref[1], ref[2]) and istop in (1, 2)
+        # The same decisions, up to rounding drift: both run the same recurrences, but
+        # Golub-Kahan bidiagonalisation loses orthogonality in floating point, so rounding
+        # differences (NumPy's norm, hypot against sqrt of squares) grow with the iterations:
+        # on the blur with damp=0.1 the two iterates differ by 2e-5 relative at iteration 30
+        # (measured, NumPy 2.4 / SciPy 1.17), and the normal-residual estimate that decides
+        # istop=2 by 5% at iteration 55, enough to stop 2 iterations apart. So the stop
+        # reason must agree and the iteration counts within 10% (the test that flips is near
+        # its threshold for a few iterations only); the solutions are checked below.
+        assert istop == ref[1] and istop in (1, 2)
+        assert abs(itn - ref[2]) <= max(2, ref[2] // 10), (itn, ref[2])
         assert_solves(A, bb, x, "lsqr", **tol)
         assert_solves(A, bb, ref[0], "lsqr", **tol)
         # ||r|| = hypot(phibar, ...), phibar a product of itn rotation sines: a relative

@@ -147,7 +147,7 @@ def test_thumbnail_is_a_valid_png_of_the_pattern():
     import base64
     import io
 
-    from convmat._thumbnail import pattern_density, thumbnail
+    from convmat.thumbnail import pattern_density, thumbnail
 
     op = ConvOperator(np.ones((2, 1, 3)), (2, 20), groups=2)
     counts = pattern_density(op.matrix, (4, 4))

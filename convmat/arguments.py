@@ -1,0 +1,149 @@
+"""Argument coercion: user arguments checked and normalised into plain Python ints and tuples.
+
+Every public entry point resolves its arguments here once, before anything is allocated;
+each error names the parameter, the rule and the value received.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "as_int",
+    "check_dtype",
+    "check_input_shape",
+    "check_positive",
+    "per_axis",
+    "resolve_padding",
+    "shape_of",
+]
+
+#: Supported dtypes of ``W`` (and so of the weight): the ones SciPy and CuPy sparse both support.
+SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
+
+
+def as_int(name: str, value: Any) -> int:
+    """``value`` as an int (bools and non-integers are a ``TypeError`` naming ``name``)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def per_axis(name: str, value: Any, ndim: int) -> tuple[int, ...]:
+    """An int, or a sequence of ``ndim`` ints, as a per-axis tuple."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != ndim:
+            raise ValueError(
+                f"{name}={tuple(value)!r} has {len(value)} entries but the convolution has "
+                f"{ndim} spatial axes"
+            )
+        return tuple(as_int(f"{name}[{d}]", v) for d, v in enumerate(value))
+    return (as_int(name, value),) * ndim
+
+
+def check_positive(name: str, values: tuple[int, ...]) -> None:
+    """Refuse a per-axis value below 1 (``ValueError`` naming the axis)."""
+    for d, v in enumerate(values):
+        if v <= 0:
+            raise ValueError(f"{name} must be >= 1 on every axis; axis {d} has {name}={v}")
+
+
+def resolve_padding(
+    padding: Any,
+    ndim: int,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    """Per-axis ``(lo, hi)`` padding from an int, a string, ints or pairs per axis."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * ndim
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(
+                    f"padding='same' needs stride 1 on every axis, got stride={stride}"
+                )
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+            # PyTorch puts the odd extra element at the end.
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(
+            f"padding={padding!r} is not a known padding; use 'valid', 'same', an int, "
+            "a per-axis tuple of ints, or per-axis (lo, hi) pairs"
+        )
+    if isinstance(padding, Sequence):
+        if len(padding) != ndim:
+            raise ValueError(
+                f"padding={tuple(padding)!r} has {len(padding)} entries but the convolution "
+                f"has {ndim} spatial axes"
+            )
+        pairs = []
+        for d, item in enumerate(padding):
+            if isinstance(item, Sequence) and not isinstance(item, str):
+                if len(item) != 2:
+                    raise ValueError(
+                        f"padding[{d}]={tuple(item)!r} must be an int or a (lo, hi) pair"
+                    )
+                pairs.append((as_int(f"padding[{d}][0]", item[0]),
+                              as_int(f"padding[{d}][1]", item[1])))
+            else:
+                p = as_int(f"padding[{d}]", item)
+                pairs.append((p, p))
+        resolved = tuple(pairs)
+    else:
+        p = as_int("padding", padding)
+        resolved = ((p, p),) * ndim
+    for d, (lo, hi) in enumerate(resolved):
+        if lo < 0 or hi < 0:
+            raise ValueError(f"padding must be >= 0; axis {d} has padding (lo, hi)=({lo}, {hi})")
+    return resolved
+
+
+def check_dtype(dtype: Any) -> str:
+    """The name of ``dtype`` when it is one of :data:`SUPPORTED_DTYPES`, else ``TypeError``."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise TypeError(
+            f"weight dtype {dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
+        ) from exc
+    if name not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"weight dtype {name} is not supported; use one of {', '.join(SUPPORTED_DTYPES)} "
+            "(convert with weight.astype(...))"
+        )
+    return name
+
+
+def shape_of(weight: Any) -> tuple[tuple[int, ...], Any]:
+    """``(shape, dtype)`` of an array-like weight, or ``(shape, None)`` of a shape tuple."""
+    if hasattr(weight, "shape") and hasattr(weight, "dtype"):
+        return tuple(int(s) for s in weight.shape), weight.dtype
+    if isinstance(weight, Sequence) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in weight
+    ):
+        return tuple(int(s) for s in weight), None
+    raise TypeError(
+        f"weight must be an array or a shape tuple of ints, got {type(weight).__name__}"
+    )
+
+
+def check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a non-empty tuple of positive ints."""
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(
+            f"input_shape must be a tuple of ints, got {input_shape!r} "
+            f"({type(input_shape).__name__})"
+        )
+    shape = tuple(as_int(f"input_shape[{i}]", s) for i, s in enumerate(input_shape))
+    if len(shape) == 0:
+        raise ValueError("input_shape=() is empty; give (C_in, *spatial) or the spatial shape")
+    for i, s in enumerate(shape):
+        if s <= 0:
+            raise ValueError(f"input_shape={shape} has a size {s} <= 0 at position {i}")
+    return shape
