@@ -1,4 +1,4 @@
-"""Least-squares deconvolution on top of :class:`~convmat.ConvOperator`: :func:`deconvolve`.
+"""Least-squares deconvolution with any convmat operator: :func:`deconvolve`.
 
 ``deconvolve(y, op)`` solves ``min ||W x - y||^2 + damp^2 ||x||^2 + lam^2 ||D x||^2`` (and,
 with ``bounds``, subject to ``lb <= x <= ub``) with SciPy's ``lsqr`` / ``lsmr``, with CGLS,
@@ -42,7 +42,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import array_namespace, is_cupy_array, refuse_masked, same_backend
+from .algebra import Operator
+from .backend import is_cupy_array, refuse_masked, same_backend
 from .krylov import cgls, lsqr, stack_damp
 from .operator import ConvOperator
 from .products import one_blas_thread, progress_bar
@@ -261,19 +262,19 @@ METHODS = tuple(REGISTRY)
 
 
 # --------------------------------------------------------------------------- deconvolve
-def _as_operator(op: Any, input_shape: Any, conv_options: dict[str, Any]) -> ConvOperator:
-    if isinstance(op, ConvOperator):
+def _as_operator(op: Any, input_shape: Any, conv_options: dict[str, Any]) -> Operator:
+    if isinstance(op, Operator):
         if input_shape is not None or conv_options:
             raise TypeError(
                 "input_shape and convolution options are for building an operator from a "
-                "weight; op is already a ConvOperator (got "
+                f"weight; op is already an operator ({type(op).__name__}; got "
                 f"{sorted(conv_options) or 'input_shape'})"
             )
         return op
     if input_shape is None:
         raise TypeError(
-            "op must be a ConvOperator, or a weight together with input_shape=... (and the "
-            "convolution options)"
+            "op must be a convmat operator (ConvOperator, a composition, a layer, ...), or a "
+            "weight together with input_shape=... (and the convolution options)"
         )
     return ConvOperator(op, input_shape, **conv_options)
 
@@ -305,9 +306,9 @@ def _check_maxiter(maxiter: Any) -> int | None:
     return int(maxiter)
 
 
-def _numeric(name: str, value: Any, op: ConvOperator, use: str) -> Any:
+def _numeric(name: str, value: Any, op: Operator, use: str) -> Any:
     """``value`` as an array on the operator's backend, refused unless numeric."""
-    xp = array_namespace(op.matrix)
+    xp = op.xp
     refuse_masked(name, value, use)
     same_backend(name, value, xp, "the operator")
     array = np.asarray(value) if xp is np else value
@@ -316,9 +317,9 @@ def _numeric(name: str, value: Any, op: ConvOperator, use: str) -> Any:
     return array
 
 
-def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
+def _check_y(y: Any, op: Operator) -> tuple[Any, bool]:
     """``y`` as a batch ``(N, m)`` and whether it was a single output."""
-    xp = array_namespace(op.matrix)
+    xp = op.xp
     y = _numeric("y", y, op, "the solve")
     out = op.output_shape
     m = op.shape[0]
@@ -339,11 +340,11 @@ def _check_y(y: Any, op: ConvOperator) -> tuple[Any, bool]:
     return batch, single
 
 
-def _check_x0(x0: Any, op: ConvOperator, complex_: bool) -> Any:
+def _check_x0(x0: Any, op: Operator, complex_: bool) -> Any:
     """``x0`` flat, on the operator's backend, with finite entries (or None)."""
     if x0 is None:
         return None
-    xp = array_namespace(op.matrix)
+    xp = op.xp
     start = _numeric("x0", x0, op, "the warm start")
     if start.dtype.kind == "c" and not complex_:
         raise TypeError(
@@ -362,7 +363,7 @@ def _check_x0(x0: Any, op: ConvOperator, complex_: bool) -> Any:
     return start.reshape(n)
 
 
-def _bounds(bounds: Any, op: ConvOperator, complex_: bool) -> tuple[Any, Any] | None:
+def _bounds(bounds: Any, op: Operator, complex_: bool) -> tuple[Any, Any] | None:
     """``bounds`` as two flat float arrays ``(lower, upper)`` (``+-inf``: no bound)."""
     if bounds is None:
         return None
@@ -385,7 +386,7 @@ def _bounds(bounds: Any, op: ConvOperator, complex_: bool) -> tuple[Any, Any] | 
     return lo, hi
 
 
-def _bound(name: str, value: Any, default: float, op: ConvOperator) -> Any:
+def _bound(name: str, value: Any, default: float, op: Operator) -> Any:
     """One side of ``bounds``: a scalar or an input-shaped array (``None``: ``default``)."""
     n = op.shape[1]
     if value is None:
@@ -434,8 +435,10 @@ def deconvolve(
         Observed output, shaped like ``op.output_shape``, a batch ``(N, *output_shape)``
         (each sample solved on its own; ``N = 0`` gives an empty result) or a flat vector.
         Finite.
-    op : ConvOperator or array_like
-        The forward operator, or a weight from which ``ConvOperator(op, input_shape,
+    op : Operator or array_like
+        The forward operator (a :class:`ConvOperator`, a composition of operators, a layer
+        such as :func:`convmat.avg_pool_operator`; an affine one is solved as
+        ``op(x) = W x + b ~ y``), or a weight from which ``ConvOperator(op, input_shape,
         **conv_options)`` is built.
     method : {'lsqr', 'lsmr', 'cgls'}
         ``scipy.sparse.linalg.lsqr`` / ``lsmr``, or CG on the normal equations. With
@@ -557,6 +560,8 @@ def deconvolve(
     maxiter = _check_maxiter(maxiter)
     op = _as_operator(op, input_shape, conv_options)
     batch, single = _check_y(y, op)
+    if op.offset is not None:  # an affine map: solve W x = y - b
+        batch = batch - op.offset.reshape(1, -1)
     reg = resolve_regularizer(regularizer, op)
     complex_ = op.dtype.kind == "c" or batch.dtype.kind == "c"
     if bounds is not None and op.device != "cpu":
@@ -574,7 +579,7 @@ def deconvolve(
             f"use method={exposing}"
         )
     start = _check_x0(x0, op, complex_)
-    xp = array_namespace(op.matrix)
+    xp = op.xp
     name = "lsq_linear" if box is not None else method
     if batch.shape[0] == 0:
         dtype = np.result_type(op.dtype, batch.dtype, np.float32)

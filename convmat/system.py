@@ -15,27 +15,39 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, linear_operator_class, same_backend, to_gpu
+from .algebra import MatrixOperator, Operator
+from .backend import linear_operator_class, same_backend, to_gpu
+from .csr import as_csr
 from .indices import default_threads
 from .operator import ConvOperator, gradient_operator
 from .products import RowBlocks
 
-__all__ = ["StackedSystem", "linear_operator", "resolve_regularizer"]
+__all__ = ["FlatProducts", "StackedSystem", "linear_operator", "resolve_regularizer",
+           "spatial_axes"]
 
 
 class StackedSystem:
     """``A = [W; lam*D]`` and ``b = [y; 0]``, applied without copying ``W``."""
 
-    def __init__(self, op: ConvOperator, reg: Any, lam: float) -> None:
-        xp = array_namespace(op.matrix)
-        # An explicit CSR of W^H (SpMV with a CSC view is slower and cannot be split by
-        # rows): written directly when W^H is itself a convolution, else converted.
-        wh = op.adjoint_csr()
-        if xp is np:  # split over threads on the CPU; cuSPARSE fills the GPU on its own
-            threads = default_threads()
-            self.w, self.wh = RowBlocks(op.matrix, threads), RowBlocks(wh, threads)
-        else:
-            self.w, self.wh = op.matrix, wh
+    def __init__(self, op: Operator, reg: Any, lam: float) -> None:
+        xp = op.xp
+        self.w: Any
+        self.wh: Any
+        if isinstance(op, MatrixOperator):
+            # An explicit CSR of W^H (SpMV with a CSC view is slower and cannot be split by
+            # rows): for a convolution written directly when W^H is itself one, else
+            # converted.
+            if isinstance(op, ConvOperator):
+                wh = op.adjoint_csr()
+            else:
+                wh = as_csr(op.matrix.conj().T, what="W^H")
+            if xp is np:  # split over threads on the CPU; cuSPARSE fills the GPU on its own
+                threads = default_threads()
+                self.w, self.wh = RowBlocks(op.matrix, threads), RowBlocks(wh, threads)
+            else:
+                self.w, self.wh = op.matrix, wh
+        else:  # a composition: applied part by part, no product formed
+            self.w, self.wh = FlatProducts(op), FlatProducts(op.H)
         self.xp = xp
         self.reg = reg
         self.reg_h = None if reg is None else _adjoint_of(reg)
@@ -112,7 +124,28 @@ def _adjoint_of(reg: Any) -> Any:
     return reg.H  # a LinearOperator
 
 
-def resolve_regularizer(regularizer: Any, op: ConvOperator) -> Any:
+class FlatProducts:
+    """``op`` applied to flat vectors by ``@`` (a composition, applied part by part)."""
+
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+        self.shape = op.shape
+
+    def __matmul__(self, x: Any) -> Any:
+        return self.op._flat(x)
+
+
+def spatial_axes(op: Operator) -> int:
+    """Spatial axes of ``op``'s input: a convolution's, else ``(C, *spatial)`` is assumed.
+
+    A flat or 1-D input has one spatial axis.
+    """
+    if isinstance(op, ConvOperator):
+        return op.geometry.ndim
+    return max(len(op.input_shape) - 1, 1)
+
+
+def resolve_regularizer(regularizer: Any, op: Operator) -> Any:
     """``D`` as a sparse matrix or LinearOperator with ``op.shape[1]`` columns."""
     if regularizer is None:
         return None
@@ -120,22 +153,27 @@ def resolve_regularizer(regularizer: Any, op: ConvOperator) -> Any:
         if regularizer != "gradient":
             raise ValueError(
                 f"regularizer={regularizer!r} is not known; use 'gradient', a sparse matrix, "
-                "a ConvOperator or a LinearOperator"
+                "a convmat operator or a LinearOperator"
             )
-        d = gradient_operator(op.input_shape, ndim=op.geometry.ndim, dtype=op.dtype).matrix
+        d = gradient_operator(op.input_shape, ndim=spatial_axes(op), dtype=op.dtype).matrix
         d.eliminate_zeros()  # unused taps of the 2x...x2 kernel: half the work of D @ x
         return d if op.device == "cpu" else to_gpu(d)
-    if isinstance(regularizer, ConvOperator):
+    if isinstance(regularizer, MatrixOperator):
         reg = regularizer.matrix
+    elif isinstance(regularizer, Operator):  # a composition: applied part by part
+        if regularizer.xp is not op.xp:
+            raise TypeError(f"regularizer lives on the {regularizer.device} but the operator "
+                            f"on the {op.device}; move one of them (.to_gpu() / .to_cpu())")
+        reg = regularizer.aslinearoperator()
     else:
         reg = regularizer
     if hasattr(reg, "tocsr"):  # a sparse matrix: on the operator's backend
-        same_backend("regularizer", reg, array_namespace(op.matrix), "the operator")
+        same_backend("regularizer", reg, op.xp, "the operator")
     if not hasattr(reg, "shape") or len(reg.shape) != 2 or not (
         hasattr(reg, "tocsr") or hasattr(reg, "matvec")
     ):
         raise TypeError(
-            "regularizer must be 'gradient', a scipy.sparse matrix, a ConvOperator or a "
+            "regularizer must be 'gradient', a scipy.sparse matrix, a convmat operator or a "
             f"LinearOperator, got {type(regularizer).__name__}"
         )
     if reg.shape[1] != op.shape[1]:
