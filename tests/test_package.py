@@ -60,3 +60,45 @@ def test_ruff():
 def test_mypy():
     out = _run([sys.executable, "-m", "mypy", "convmat"])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- the house
+#: The modules in the order of the flow: each may import only modules before it
+#: (geometry -> indices -> matrix -> operators -> solvers), and the leaves come last (the
+#: command line may plot with viz; nothing in the flow imports a leaf).
+FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "guard", "csr",
+        "geometry", "indices", "matrix", "algebra", "operator", "separable", "layers",
+        "products", "result", "krylov", "system", "solvers"]
+LEAVES = ["viz", "petsc", "cli", "__main__"]
+
+
+def _relative_imports(path):
+    """``(module, name)`` of every relative import in ``path`` (function-level ones too)."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            for alias in node.names:
+                out.append((node.module or "", alias.name))
+    return out
+
+
+def test_the_house_flows_one_way_without_private_imports():
+    """One module per job in the order of the flow; no private name crosses modules."""
+    package = ROOT / "convmat"
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    assert set(modules) <= set(FLOW + LEAVES), "a new module needs its place in FLOW"
+    rank = {name: i for i, name in enumerate(FLOW + LEAVES)}
+    for name in modules:
+        for module, imported in _relative_imports(package / f"{name}.py"):
+            target = module or imported  # `from . import x` imports the module x
+            assert not imported.startswith("_") and not target.startswith("_"), (
+                f"{name} imports the private {module}.{imported}")
+            if module == "" and target not in rank:  # from the package itself
+                assert name in LEAVES, f"{name} imports from the package: only leaves may"
+                continue
+            assert rank[target] < rank[name] or name == "__main__", (
+                f"{name} imports {target}, which comes after it in the flow")
+    main = [line for line in (package / "__main__.py").read_text().splitlines()[1:] if line]
+    assert len(main) == 3 and "cli" in main[0], main
