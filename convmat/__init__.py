@@ -26,8 +26,21 @@ from .geometry import (
     conv_transpose_geometry,
     output_shape,
 )
+from .layers import (
+    adaptive_avg_pool_operator,
+    avg_pool_operator,
+    batch_norm_operator,
+    channel_affine_operator,
+    crop_operator,
+    pad_operator,
+    pixel_shuffle_operator,
+    pixel_unshuffle_operator,
+    sum_pool_operator,
+    upsample_operator,
+)
 from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
 from .operator import ConvOperator, gradient_operator
+from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
 
 __all__ = [
@@ -41,20 +54,32 @@ __all__ = [
     "ScaledOperator",
     "StackedOperator",
     "SumOperator",
+    "adaptive_avg_pool_operator",
+    "avg_pool_operator",
+    "batch_norm_operator",
+    "channel_affine_operator",
     "conv",
     "conv_geometry",
     "conv_matrix",
     "conv_transpose",
     "conv_transpose_geometry",
     "conv_transpose_matrix",
+    "crop_operator",
     "data",
     "deconvolve",
     "gradient_operator",
     "hstack",
     "identity_operator",
+    "kron_matrix",
+    "kron_operator",
     "output_shape",
+    "pad_operator",
+    "pixel_shuffle_operator",
+    "pixel_unshuffle_operator",
+    "sum_pool_operator",
     "to_cpu",
     "to_gpu",
+    "upsample_operator",
     "vstack",
 ]
 

@@ -738,8 +738,7 @@ class ScaledOperator(_Composite):
                            doc="Input shape of the operator scaled.")
     output_shape = property(lambda self: self.parts[0].output_shape,
                             doc="Output shape of the operator scaled.")
-    shape = property(lambda self: self.parts[0].shape,
-                     doc="Shape of the operator scaled.")
+    shape = property(lambda self: self.parts[0].shape, doc="Shape of the operator scaled.")
 
     @property
     def dtype(self) -> np.dtype:
@@ -909,12 +908,9 @@ class ReshapedOperator(_Composite):
         self._shapes = (ins, outs)
         self.offset = None if op.offset is None else op.offset.reshape(outs)
 
-    input_shape = property(lambda self: self._shapes[0],
-                           doc="The new input shape.")
-    output_shape = property(lambda self: self._shapes[1],
-                            doc="The new output shape.")
-    shape = property(lambda self: self.parts[0].shape,
-                     doc="Shape of the operator reshaped.")
+    input_shape = property(lambda self: self._shapes[0], doc="The new input shape.")
+    output_shape = property(lambda self: self._shapes[1], doc="The new output shape.")
+    shape = property(lambda self: self.parts[0].shape, doc="Shape of the operator reshaped.")
 
     def describe(self) -> str:
         """The operator and its new shapes."""

@@ -2,10 +2,18 @@
 
 Output position ``p`` of an axis reads the padded input at ``u = stride*p + dilation*t - lo``
 through tap ``t < k``; the padding mode maps ``u`` back into ``[0, n)`` or drops it. Taps
-that land on the same input index are summed ("folded"). A plan splits the ``out`` output
-positions into *runs* of consecutive positions that read the same relative pattern of input
-indices, with a first index that is affine in the position, so a run of any length is
-described in O(1) and the builder writes it as one strided box.
+that land on the same input index are summed ("folded").
+
+The modes are a registry, :data:`PADDING_MODES`: each :class:`PaddingMode` says, per side of
+the axis, how padded positions read the input, ``index(u) = sign*u + per_n*n + shift``
+(``sign`` 1: in order, wrapped; -1: reversed, mirrored; 0: clamped), and how much padding
+that holds for (its fits rule). The index map, the border parts and the far-padding runs
+below all derive from those two sides, so a new mode is one entry.
+
+A plan splits the ``out`` output positions into *runs* of consecutive positions that read
+the same relative pattern of input indices, with a first index that is affine in the
+position, so a run of any length is described in O(1) and the builder writes it as one
+strided box.
 
 Cost
 ----
@@ -18,13 +26,15 @@ Planning never tabulates anything per position and tap where it need not:
 * Under ``zeros`` padding an interval is a run: taps ``a..b-1`` read consecutive input
   indices ``dilation`` apart (no tap folds), first index ``stride*p + dilation*a - lo``.
   Intervals where every tap is in the input are the interior, under every mode.
-* ``replicate`` intervals with no tap inside the input (the far padding) are one run each:
-  the taps fold onto index 0 or ``n - 1``.
+* Intervals with no tap inside the input (the far padding) under a clamping mode
+  (``replicate``) are one run each: the taps fold onto index 0 or ``n - 1``.
 * With dilation 1 (every long filter), a position of a folding mode reads at most three
   *parts*: the taps below the input (mirrored, wrapped or clamped), those inside, those
-  beyond it. Where every tap is outside (far ``reflect``/``circular`` padding) the pattern
-  is the same for the whole interval: one run. Each remaining border position (at most
-  ``(k-1)/stride + 1`` per side) is a run described by its parts in O(1), from a formula.
+  beyond it. Where every tap is outside on one side under a wrapping or mirroring mode
+  (far ``circular``, ``reflect``, ``symmetric`` padding: taps in order or reversed, with
+  any dilation) the pattern is the same for the whole interval: one run. Each remaining
+  border position (at most ``(k-1)/stride + 1`` per side) is a run described by its parts
+  in O(1), from a formula.
 * With dilation > 1, the border positions of the folding modes (at most
   ``dilation*(k-1)/stride + 1`` per side, or up to the padding, which these modes bound by
   ``n``) are tabulated in chunks of bounded memory (:func:`fold_table`) and split into runs;
@@ -46,38 +56,96 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PADDING_MAPS", "AxisMap", "AxisPlan", "AxisRun", "axis_plan", "fold_table",
-           "padded_index"]
+__all__ = ["PADDING_MAPS", "PADDING_MODES", "AxisMap", "AxisPlan", "AxisRun", "PaddingMode",
+           "PaddingSide", "axis_plan", "fold_table", "padded_index"]
 
 
 # --------------------------------------------------------------------------- padding modes
-def _zeros(u: np.ndarray, n: int) -> np.ndarray:
-    return np.where((u >= 0) & (u < n), u, -1)
+@dataclasses.dataclass(frozen=True)
+class PaddingSide:
+    """Where the padding on one side of an axis reads: ``index(u) = sign*u + per_n*n + shift``.
+
+    ``sign`` says how consecutive padded positions read the input: ``1`` in order (wrapped),
+    ``-1`` in reverse order (mirrored), ``0`` all the same index (clamped to an edge). Exact
+    for every ``u`` the mode's fits rule allows: one reflection or wrap suffices.
+    """
+
+    sign: int
+    per_n: int
+    shift: int
+
+    def index(self, u: Any, n: int) -> Any:
+        """Input index read at padded position ``u`` (an int, or an int64 array) on this side."""
+        return self.sign * u + self.per_n * n + self.shift
 
 
-def _reflect(u: np.ndarray, n: int) -> np.ndarray:
-    u = np.where(u < 0, -u, u)
-    return np.where(u > n - 1, 2 * (n - 1) - u, u)
+@dataclasses.dataclass(frozen=True)
+class PaddingMode:
+    """A ``padding_mode``: how the padded positions ``u < 0`` and ``u >= n`` read the input.
+
+    ``below`` and ``beyond`` describe the two sides (``None``: the taps there are dropped).
+    Everything else derives from them: the index map (calling the mode), the border parts
+    of a position (:meth:`AxisMap.parts`) and the far-padding runs (:func:`axis_plan`).
+    ``limit(n)`` is the most padding a side may have for input size ``n`` (``None``:
+    unbounded), ``rule`` that bound in words for the error message.
+    """
+
+    name: str
+    below: PaddingSide | None
+    beyond: PaddingSide | None
+    limit: Callable[[int], int] | None = None
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.below is None) != (self.beyond is None):
+            raise ValueError(f"padding mode {self.name!r}: both sides drop, or neither")
+
+    @property
+    def folds(self) -> bool:
+        """Whether padded positions read the input (``False``: dropped, as ``zeros``)."""
+        return self.below is not None
+
+    def __call__(self, u: np.ndarray, n: int) -> np.ndarray:
+        """Input indices (int64, -1: dropped) read at padded positions ``u``.
+
+        Exact within the padding that :meth:`check` allows.
+        """
+        u = np.asarray(u, dtype=np.int64)
+        if self.below is None or self.beyond is None:
+            return np.where((u >= 0) & (u < n), u, -1)
+        return np.where(u < 0, self.below.index(u, n),
+                        np.where(u >= n, self.beyond.index(u, n), u))
+
+    def check(self, size: tuple[int, ...], pad: tuple[tuple[int, int], ...]) -> None:
+        """Raise ``ValueError`` where an axis has more padding than ``limit`` allows."""
+        if self.limit is None:
+            return
+        for d, (n, (lo, hi)) in enumerate(zip(size, pad, strict=True)):
+            if max(lo, hi) > self.limit(n):
+                raise ValueError(
+                    f"padding_mode={self.name!r} needs {self.rule}; axis {d} has padding "
+                    f"({lo}, {hi}) for input size {n}"
+                )
 
 
-def _replicate(u: np.ndarray, n: int) -> np.ndarray:
-    return np.clip(u, 0, n - 1)
-
-
-def _circular(u: np.ndarray, n: int) -> np.ndarray:
-    return np.mod(u, n)
-
-
-#: Padding mode -> index map of padded positions ``u`` (input coordinates) to input indices
-#: (-1: dropped). ``reflect`` mirrors without repeating the edge (NumPy ``reflect``),
-#: ``replicate`` clamps (NumPy ``edge``), ``circular`` wraps (NumPy ``wrap``). Validation
-#: (``geometry``) guarantees one reflection or wrap suffices.
-PADDING_MAPS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "zeros": _zeros,
-    "reflect": _reflect,
-    "replicate": _replicate,
-    "circular": _circular,
-}
+#: The padding modes, by ``padding_mode`` name; a new mode is one entry. ``reflect`` mirrors
+#: about the edge sample, without repeating it (NumPy ``reflect``, PyTorch's): ``u < 0``
+#: reads ``-u``, ``u >= n`` reads ``2(n-1) - u``; ``symmetric`` mirrors about the edge,
+#: repeating the edge sample (NumPy ``symmetric``, SciPy ndimage ``reflect``, MATLAB
+#: ``symmetric``): ``-u - 1`` and ``2n - 1 - u``; ``replicate`` clamps (NumPy ``edge``);
+#: ``circular`` wraps (NumPy ``wrap``): ``u + n`` and ``u - n``.
+PADDING_MODES: dict[str, PaddingMode] = {mode.name: mode for mode in (
+    PaddingMode("zeros", None, None),
+    PaddingMode("reflect", PaddingSide(-1, 0, 0), PaddingSide(-1, 2, -2),
+                lambda n: n - 1, "padding < input size"),
+    PaddingMode("replicate", PaddingSide(0, 0, 0), PaddingSide(0, 1, -1)),
+    PaddingMode("circular", PaddingSide(1, 1, 0), PaddingSide(1, -1, 0),
+                lambda n: n, "padding <= input size (it wraps once)"),
+    PaddingMode("symmetric", PaddingSide(-1, 0, -1), PaddingSide(-1, 2, -1),
+                lambda n: n, "padding <= input size (it mirrors once)"),
+)}
+#: The index maps of the modes (each mode is its index map), under their historical name.
+PADDING_MAPS: dict[str, PaddingMode] = PADDING_MODES
 
 
 def padded_index(u: np.ndarray, n: int, mode: str) -> np.ndarray:
@@ -87,8 +155,10 @@ def padded_index(u: np.ndarray, n: int, mode: str) -> np.ndarray:
     --------
     >>> padded_index(np.arange(-2, 5), 3, "reflect").tolist()
     [2, 1, 0, 1, 2, 1, 0]
+    >>> padded_index(np.arange(-2, 5), 3, "symmetric").tolist()
+    [1, 0, 0, 1, 2, 2, 1]
     """
-    return PADDING_MAPS[mode](np.asarray(u, dtype=np.int64), n)
+    return PADDING_MODES[mode](u, n)
 
 
 # --------------------------------------------------------------------------- one axis
@@ -102,6 +172,11 @@ class AxisMap:
     dilation: int
     lo: int
     mode: str
+
+    @property
+    def padding(self) -> PaddingMode:
+        """The padding mode (its entry in :data:`PADDING_MODES`)."""
+        return PADDING_MODES[self.mode]
 
     def tap_counts(self, p: int) -> tuple[int, int]:
         """``(a, b)``: taps ``t < a`` fall below the input, taps ``t >= b`` beyond its end.
@@ -141,25 +216,26 @@ class AxisMap:
                                                                   strict=True)]
 
     def parts(self, p: int) -> list[tuple[int, int, int, int]]:
-        """Dilation 1, a folding mode: what position ``p`` reads, as parts in tap order.
+        """Dilation 1 (or every tap clamped), a folding mode: what ``p`` reads, in parts.
 
         ``(t0, t1, i0, di)``: taps ``t0..t1-1`` read input index ``i0 + di*(t - t0)``, with
         ``di = 1`` (inside, or wrapped), ``-1`` (mirrored) or ``0`` (clamped to an edge).
         The taps below the input come first, then those inside, then those beyond it; each
-        index is read at most once per part.
+        index is read at most once per part. A side's part starts where its first tap's
+        padded position ``u`` reads (``side.index(u, n)``) and moves by ``side.sign``.
         """
-        n, k, mode = self.n, self.k, self.mode
+        n, k, mode = self.n, self.k, self.padding
         u0 = self.stride * p - self.lo
         a, b = self.tap_counts(p)
         out = []
         if a > 0:
-            out.append((0, a, *{"reflect": (-u0, -1), "circular": (u0 + n, 1),
-                                "replicate": (0, 0)}[mode]))
+            assert mode.below is not None  # a folding mode
+            out.append((0, a, mode.below.index(u0, n), mode.below.sign))
         if b > a:
             out.append((a, b, u0 + a, 1))
         if b < k:
-            out.append((b, k, *{"reflect": (2 * (n - 1) - u0 - b, -1),
-                                "circular": (u0 + b - n, 1), "replicate": (n - 1, 0)}[mode]))
+            assert mode.beyond is not None
+            out.append((b, k, mode.beyond.index(u0 + b, n), mode.beyond.sign))
         return out
 
     @staticmethod
@@ -183,7 +259,7 @@ class AxisMap:
         u0 = self.stride * first - self.lo
         u = (np.arange(count, dtype=np.int64)[:, None] * self.stride
              + np.arange(self.k, dtype=np.int64)[None, :] * self.dilation + u0)
-        return padded_index(u, self.n, self.mode)
+        return self.padding(u, self.n)
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -391,6 +467,7 @@ def _tabulated_runs(axis: AxisMap, first: int, stop: int) -> list[AxisRun]:
 def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
     """The runs of an axis with ``out`` output positions (see the module docstring)."""
     s, d, lo, n, k = axis.stride, axis.dilation, axis.lo, axis.n, axis.k
+    mode = axis.padding
     runs: list[AxisRun] = []
     pending: list[int] = []  # [first, stop) of consecutive intervals to tabulate
 
@@ -401,26 +478,29 @@ def axis_plan(axis: AxisMap, out: int) -> AxisPlan:
 
     for p0, p1, a, b in axis.intervals(out):
         step = s if p1 - p0 > 1 else 0
-        if axis.mode == "zeros" or (a, b) == (0, k):
+        # the sides a position's taps outside the input fall on (below first, then beyond)
+        sides = [side for side, used in ((mode.below, a > 0), (mode.beyond, b < k))
+                 if used and side is not None]
+        if not mode.folds or (a, b) == (0, k):
             flush()
             base0 = s * p0 + d * a - lo if b > a else 0
             runs.append(AxisRun(p0, p1, b - a, base0, step if b > a else 0, taps=(a, b),
                                 axis=axis))
-        elif axis.mode == "replicate" and a == b:  # every tap clamped onto an edge
-            flush()
-            parts = [part for part in ((0, a, 0, 0), (a, k, n - 1, 0)) if part[1] > part[0]]
+        elif a == b and all(side.sign == 0 for side in sides):
+            flush()  # far padding, every tap clamped onto an edge: the same parts throughout
+            parts = axis.parts(p0)
             spans = AxisMap.spans(parts)
             runs.append(AxisRun(p0, p1, sum(hi - lo + 1 for lo, hi in spans), spans[0][0], 0,
                                 axis=axis, parts=True, layout=(parts, spans)))
-        elif a == b and a in (0, k) and axis.mode == "circular":  # every tap wraps, in order
-            flush()
-            runs.append(AxisRun(p0, p1, k, s * p0 - lo + (n if a else -n), step,
-                                taps=(0, k), axis=axis))
-        elif a == b and a in (0, k):  # reflect: every tap mirrored, in reverse order
-            flush()
+        elif a == b and len(sides) == 1 and sides[0].sign == 1:
+            flush()  # far padding on one side, every tap wrapped: in order
+            runs.append(AxisRun(p0, p1, k, sides[0].index(s * p0 - lo, n), step, taps=(0, k),
+                                axis=axis))
+        elif a == b and len(sides) == 1 and sides[0].sign == -1:
+            flush()  # far padding on one side, every tap mirrored: in reverse order
             last = s * p0 - lo + d * (k - 1)  # the last tap's padded position
-            first = -last if a else 2 * (n - 1) - last
-            runs.append(AxisRun(p0, p1, k, first, -step, axis=axis, parts=d == 1))
+            runs.append(AxisRun(p0, p1, k, sides[0].index(last, n), -step, axis=axis,
+                                parts=d == 1))
         elif d == 1:  # border positions reading the edge and the inside: O(1) each
             flush()
             for p in range(p0, p1):

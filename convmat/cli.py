@@ -55,7 +55,7 @@ MAX_DEMO_SIZE = 4096
 MAX_DENSE_LIMIT = 1024
 #: Largest SIZE of a ``gaussian:`` or ``box:`` PSF.
 MAX_PSF_SIZE = 1024
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
 
 
 class UsageError(ValueError):

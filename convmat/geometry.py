@@ -520,17 +520,7 @@ def _build(
 def _check_padding_mode_fits(
     mode: str, size: tuple[int, ...], pad: tuple[tuple[int, int], ...]
 ) -> None:
-    for d, (n, (lo, hi)) in enumerate(zip(size, pad, strict=True)):
-        if mode == "reflect" and max(lo, hi) >= n:
-            raise ValueError(
-                f"padding_mode='reflect' needs padding < input size; axis {d} has padding "
-                f"({lo}, {hi}) for input size {n}"
-            )
-        if mode == "circular" and max(lo, hi) > n:
-            raise ValueError(
-                f"padding_mode='circular' needs padding <= input size (it wraps once); axis {d} "
-                f"has padding ({lo}, {hi}) for input size {n}"
-            )
+    PADDING_MAPS[mode].check(size, pad)  # the registry's fits rule (``axes.PaddingMode``)
 
 
 def _output_padding_from_size(

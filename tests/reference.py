@@ -36,6 +36,13 @@ def pad_index(u, n, mode):
             if u >= n:
                 u = 2 * (n - 1) - u
         return u
+    if mode == "symmetric":  # mirror about the edges, the edge samples repeated
+        while u < 0 or u >= n:
+            if u < 0:
+                u = -u - 1
+            if u >= n:
+                u = 2 * n - 1 - u
+        return u
     raise ValueError(mode)
 
 
@@ -170,8 +177,11 @@ def _fold(u, size, mode):
         return 0 if u < 0 else size - 1
     if mode == "circular":  # the copy at u came from u mod size
         return u % size
-    # reflect: the copy at -j came from j, the copy at size-1+j from size-1-j
-    return -u if u < 0 else 2 * (size - 1) - u
+    if mode == "symmetric":  # the copy at -1-j came from j, the copy at size+j from size-1-j
+        return -u - 1 if u < 0 else 2 * size - 1 - u
+    if mode == "reflect":  # the copy at -j came from j, the copy at size-1+j from size-1-j
+        return -u if u < 0 else 2 * (size - 1) - u
+    raise ValueError(mode)
 
 
 def trans_conv_reference(y, w, stride, padding, dilation, groups, mode, output_padding=None,

@@ -3,10 +3,10 @@
 A case draws, in this order: the number of spatial axes, the padding mode, whether the weight
 is the one-channel shorthand, the padding style, then per axis the kernel, stride, dilation and
 padding, then an input just big enough for them (PyTorch's rules: a dilated kernel that fits
-the padded input, ``reflect`` padding below the input size, ``circular`` at most the input
-size), then channels within what is left of the reference's work budget. Large kernels,
-strides, dilations and paddings come with few axes; four axes come with kernels of 1-2 and
-tiny inputs, so that the naive loop reference stays fast.
+the padded input, ``reflect`` padding below the input size, ``circular`` and ``symmetric``
+at most the input size), then channels within what is left of the reference's work budget.
+Large kernels, strides, dilations and paddings come with few axes; four axes come with
+kernels of 1-2 and tiny inputs, so that the naive loop reference stays fast.
 
 Everything a test needs to know about a case (resolved padding, output padding, whether
 ``max_bytes`` must refuse) is computed here from the arguments, independently of convmat.
@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-MODES = ("zeros", "reflect", "replicate", "circular")
+#: PyTorch's padding modes (what a cross-check against PyTorch can draw).
+TORCH_MODES = ("zeros", "reflect", "replicate", "circular")
+#: Every padding mode: PyTorch's and NumPy's ``symmetric`` (the half-sample mirror).
+MODES = (*TORCH_MODES, "symmetric")
 DTYPES = ("float32", "float64", "complex64", "complex128")
 #: Python iterations (rows x taps of the forward convolution) the naive reference may take.
 MAX_REFERENCE_WORK = 12000
@@ -248,7 +251,7 @@ def _fits(mode, size, lo, hi, span):
         return False
     if mode == "reflect" and max(lo, hi) >= size:
         return False
-    if mode == "circular" and max(lo, hi) > size:
+    if mode in ("circular", "symmetric") and max(lo, hi) > size:
         return False
     return True
 

@@ -36,7 +36,7 @@ EPS = np.finfo(np.float64).eps
 def conv_layers(draw, channels, spatial, allow_bias=True):
     """One convolution drawn to fit ``(channels, *spatial)``, with its dense reference."""
     ndim = len(spatial)
-    mode = draw(st.sampled_from(["zeros", "replicate", "circular", "reflect"]))
+    mode = draw(st.sampled_from(["zeros", "replicate", "circular", "reflect", "symmetric"]))
     kernel = tuple(draw(st.integers(1, min(3, n))) for n in spatial)
     stride = tuple(draw(st.integers(1, 2)) for _ in range(ndim))
     pads = []

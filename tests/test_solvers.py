@@ -690,7 +690,8 @@ def test_numpy_integers_and_floats_accepted(small):
         (dict(x0=np.full(60, "a")), TypeError, r"x0 must be a numeric array, got dtype <U1"),
         (dict(input_shape=(2, 6, 5)), TypeError, r"op is already an operator \(ConvOperator; got "
                                                  r"input_shape\)"),
-        (dict(padding=1), TypeError, r"op is already an operator \(ConvOperator; got \[.padding.\]\)"),
+        (dict(padding=1), TypeError,
+         r"op is already an operator \(ConvOperator; got \[.padding.\]\)"),
     ],
 )
 def test_argument_errors(small, kwargs, exc, match):
@@ -737,8 +738,9 @@ def test_y_errors(small):
         deconvolve(np.full(op.output_shape, "a"), op)
     with pytest.raises(TypeError, match=r"bounds need a real problem"):
         deconvolve((op @ x).astype(complex), op, bounds=(0, 1))
-    with pytest.raises(TypeError, match=r"op must be a convmat operator \(ConvOperator, a composition, a layer, \.\.\.\), or a weight together "
-                                        r"with input_shape"):
+    with pytest.raises(TypeError, match=r"op must be a convmat operator \(ConvOperator, a "
+                                        r"composition, a layer, \.\.\.\), or a weight "
+                                        r"together with input_shape"):
         deconvolve(op @ x, np.ones((4, 2, 3, 3)))
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import convmat
 
 from reference import assert_close
-from strategies import cases, make_case
+from strategies import TORCH_MODES, cases, make_case
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -90,7 +90,8 @@ def _check(case, dtype, seed, torch_apply):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
-@given(case=cases(max_ndim=3), dtype=st.sampled_from(TORCH_DTYPES), seed=SEEDS)
+@given(case=cases(max_ndim=3, modes=TORCH_MODES), dtype=st.sampled_from(TORCH_DTYPES),
+       seed=SEEDS)
 @example(case=make_case((2, 3, 4, 4), (3, 9, 8), padding="same", dilation=3,
                         padding_mode="reflect"), dtype="float64", seed=0)
 @example(case=make_case((3,), (5,), padding=((4, 2),), stride=4, dilation=2,
