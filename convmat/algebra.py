@@ -168,8 +168,12 @@ class Operator(LinearOperator):
 
     @property
     def linear(self) -> Operator:
-        """The linear part (``self`` when there is no offset)."""
-        return self if self.offset is None else _Linear(self)
+        """The linear part (``self`` when there is no offset; made once)."""
+        if self.offset is None:
+            return self
+        if "_linear" not in self.__dict__:
+            self.__dict__["_linear"] = _Linear(self)
+        return self.__dict__["_linear"]
 
     def describe(self) -> str:
         """What the operator is, in a few words (its kind and shapes)."""

@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "LAYOUTS",
     "SUPPORTED_DTYPES",
+    "as_bool",
     "as_int",
     "check_dtype",
     "check_input_shape",
+    "check_layout",
     "check_positive",
     "per_axis",
     "resolve_padding",
@@ -25,6 +28,8 @@ __all__ = [
 
 #: Supported dtypes of ``W`` (and so of the weight): the ones SciPy and CuPy sparse both support.
 SUPPORTED_DTYPES = ("float32", "float64", "complex64", "complex128")
+#: Data layouts: ``(C, *spatial)`` (PyTorch's) or ``(*spatial, C)`` (TensorFlow/Keras').
+LAYOUTS = ("channels_first", "channels_last")
 
 
 def as_int(name: str, value: Any) -> int:
@@ -53,28 +58,82 @@ def check_positive(name: str, values: tuple[int, ...]) -> None:
             raise ValueError(f"{name} must be >= 1 on every axis; axis {d} has {name}={v}")
 
 
+def as_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool (anything but a bool is a ``TypeError`` naming ``name``)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_layout(layout: Any) -> str:
+    """``layout`` when it is one of :data:`LAYOUTS`, else ``ValueError``."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not one of {', '.join(map(repr, LAYOUTS))}")
+    return layout
+
+
+def same_lo(kernel: int, dilation: int, origin: int | None, flip: bool) -> int:
+    """Low padding of ``padding='same'`` on one axis (``hi = dilation*(k-1) - lo``).
+
+    ``origin=None``: PyTorch's ``dilation*(k-1) // 2`` (an odd extra element at the end).
+    Otherwise SciPy ndimage's centre tap ``c = k//2 + origin``: ``lo = dilation*c``, or
+    ``dilation*(k-1-c)`` for a true convolution (``flip``), whose taps are reversed.
+    """
+    if origin is None:
+        return dilation * (kernel - 1) // 2
+    centre = kernel // 2 + origin
+    return dilation * (kernel - 1 - centre if flip else centre)
+
+
 def resolve_padding(
     padding: Any,
     ndim: int,
     kernel: tuple[int, ...],
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
+    *,
+    origin: Any = None,
+    flip: bool = False,
 ) -> tuple[tuple[int, int], ...]:
-    """Per-axis ``(lo, hi)`` padding from an int, a string, ints or pairs per axis."""
+    """Per-axis ``(lo, hi)`` padding from an int, a string, ints or pairs per axis.
+
+    ``'valid'``: none; ``'full'``: ``lo = hi = dilation*(k-1)`` (every partial overlap);
+    ``'same'`` (stride 1): ``lo + hi = dilation*(k-1)`` split by :func:`same_lo`, where
+    ``origin`` (an int or one per axis, ``-(k//2) <= origin <= (k-1)//2``) shifts the
+    centre as SciPy ndimage does; ``origin`` needs ``padding='same'``.
+    """
+    origins: tuple[int | None, ...] = (None,) * ndim
+    if origin is not None:
+        origins = per_axis("origin", origin, ndim)
+        if not (isinstance(padding, str) and padding == "same"):
+            raise ValueError(
+                f"origin={origin!r} needs padding='same' (it places the kernel's centre), "
+                f"got padding={padding!r}"
+            )
+        for d, (o, k) in enumerate(zip(origins, kernel, strict=True)):
+            if o is not None and not -(k // 2) <= o <= (k - 1) // 2:
+                raise ValueError(
+                    f"origin must satisfy -(k//2) <= origin <= (k-1)//2; axis {d} has "
+                    f"origin={o} for kernel size k={k} (allowed {-(k // 2)}..{(k - 1) // 2})"
+                )
     if isinstance(padding, str):
         if padding == "valid":
             return ((0, 0),) * ndim
+        if padding == "full":
+            return tuple((d * (k - 1), d * (k - 1)) for k, d in zip(kernel, dilation, strict=True))
         if padding == "same":
             if any(s != 1 for s in stride):
                 raise ValueError(
                     f"padding='same' needs stride 1 on every axis, got stride={stride}"
                 )
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
-            # PyTorch puts the odd extra element at the end.
-            return tuple((t // 2, t - t // 2) for t in totals)
+            pads = []
+            for d, (k, dl) in enumerate(zip(kernel, dilation, strict=True)):
+                lo = same_lo(k, dl, origins[d], flip)
+                pads.append((lo, dl * (k - 1) - lo))
+            return tuple(pads)
         raise ValueError(
-            f"padding={padding!r} is not a known padding; use 'valid', 'same', an int, "
-            "a per-axis tuple of ints, or per-axis (lo, hi) pairs"
+            f"padding={padding!r} is not a known padding; use 'valid', 'same', 'full', an "
+            "int, a per-axis tuple of ints, or per-axis (lo, hi) pairs"
         )
     if isinstance(padding, Sequence):
         if len(padding) != ndim:

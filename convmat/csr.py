@@ -127,7 +127,7 @@ def guarded_product(b: Any, a: Any, max_bytes: int | None = None,
     >>> guarded_product(a, a).toarray()
     array([[1., 8.],
            [0., 9.]])
-    >>> guarded_product(a, a, max_bytes=10)
+    >>> guarded_product(a, a, max_bytes=10)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     convmat.backend.ConvMatrixTooLarge: the product of shape (2, 2) with 3 entries needs ...

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from .arguments import (
+    as_bool,
     as_int,
     check_dtype,
     check_input_shape,
+    check_layout,
     check_positive,
     per_axis,
     resolve_padding,
@@ -57,6 +59,14 @@ INDPTR_BLOCK = 1 << 16
 LINE_FACTOR = 4
 #: Runs of the last axis with at most this many positions are written as groups.
 GROUP_RUN = 8
+#: A channels-last matrix is built channels-first in pieces of whole output planes, each
+#: moved to its place (see :attr:`ConvGeometry.layout_pieces`): pieces of at most
+#: ``max(nnz / LAYOUT_PIECES, LAYOUT_PIECE_ENTRIES)`` entries (or a single plane), moved
+#: in slabs of at most ``LAYOUT_BLOCK`` entries, ``LAYOUT_THREADS`` at a time at most.
+LAYOUT_PIECES = 8
+LAYOUT_PIECE_ENTRIES = 1 << 20
+LAYOUT_BLOCK = 1 << 18
+LAYOUT_THREADS = 8
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
@@ -84,13 +94,19 @@ class ConvGeometry:
     padding : tuple of (int, int)
         Resolved per-axis ``(lo, hi)`` padding.
     padding_mode : str
-        One of ``'zeros'``, ``'reflect'``, ``'replicate'``, ``'circular'``.
+        One of :data:`PADDING_MODES`.
     dtype : str
         dtype of ``W`` (the weight's).
     shorthand : bool
         One-channel shorthand: shapes are spatial only (no channel axis).
     transposed : bool
         The matrix is the transpose of the forward convolution's.
+    flip : bool
+        True convolution: the builder reads the weight with every spatial axis reversed
+        (``weight_shape`` is unchanged).
+    layout : {'channels_first', 'channels_last'}
+        Where the channel axis is in ``input_shape``, ``output_shape`` and
+        ``weight_shape``; every other field (channels, sizes) is layout-free.
 
     Notes
     -----
@@ -100,7 +116,9 @@ class ConvGeometry:
     Positions outside the input are dropped (``zeros``) or mapped back into it
     (``reflect``, ``replicate``, ``circular``); taps that land on the same input index
     are summed, so each row holds ``C_in/groups * prod_d m_d(p_d)`` entries, ``m_d(p)``
-    being the number of distinct input indices axis ``d`` reads at ``p``.
+    being the number of distinct input indices axis ``d`` reads at ``p``. With ``flip``
+    tap ``t`` carries ``w[..., k-1-t]``. A channels-last matrix is the channels-first one
+    with rows and columns permuted: index ``(c, p)`` becomes ``p*C + c``.
     """
 
     in_channels: int
@@ -116,6 +134,8 @@ class ConvGeometry:
     dtype: str = "float64"
     shorthand: bool = False
     transposed: bool = False
+    flip: bool = False
+    layout: str = "channels_first"
 
     # ---------------------------------------------------------------- derived sizes
     @property
@@ -124,14 +144,24 @@ class ConvGeometry:
         return len(self.input_size)
 
     @property
+    def channels_last(self) -> bool:
+        """Whether shapes put the channel axis last (``layout='channels_last'``)."""
+        return self.layout == "channels_last"
+
+    def _with_channels(self, channels: int, size: tuple[int, ...]) -> tuple[int, ...]:
+        if self.shorthand:
+            return size
+        return (*size, channels) if self.channels_last else (channels, *size)
+
+    @property
     def conv_input_shape(self) -> tuple[int, ...]:
         """Shape of the forward convolution's input (the columns of ``W``)."""
-        return self.input_size if self.shorthand else (self.in_channels, *self.input_size)
+        return self._with_channels(self.in_channels, self.input_size)
 
     @property
     def conv_output_shape(self) -> tuple[int, ...]:
         """Shape of the forward convolution's output (the rows of ``W``)."""
-        return self.output_size if self.shorthand else (self.out_channels, *self.output_size)
+        return self._with_channels(self.out_channels, self.output_size)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -174,11 +204,16 @@ class ConvGeometry:
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of the weight: ``(C_out, C_in/G, *k)`` of the forward convolution.
 
-        The same array is the transposed convolution's ``(C_in, C_out/G, *k)``.
+        The same array is the transposed convolution's ``(C_in, C_out/G, *k)``. Channels
+        last: ``(*k, C_in/G, C_out)`` (Keras' ``Conv*D`` kernel), the same array as the
+        transposed convolution's ``(*k, C_out/G, C_in)`` (``Conv*DTranspose``).
         """
         if self.shorthand:
             return self.kernel_size
-        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        cin_g = self.in_channels // self.groups
+        if self.channels_last:
+            return (*self.kernel_size, cin_g, self.out_channels)
+        return (self.out_channels, cin_g, *self.kernel_size)
 
     @property
     def T(self) -> ConvGeometry:  # noqa: N802 - mirrors ndarray.T
@@ -232,20 +267,87 @@ class ConvGeometry:
     def peak_bytes(self) -> int:
         """Upper bound of the memory the build holds at its peak.
 
-        The matrix is written in place (CSR plus :attr:`workspace_bytes`). A transposed
-        matrix is written directly when ``W.T`` is itself a convolution (stride 1, zero
-        padding); otherwise it is converted from the forward CSR, so both are alive at once.
+        The matrix is written in place (CSR plus :attr:`workspace_bytes`, plus
+        :attr:`layout_bytes` channels last). A transposed matrix is written directly when
+        ``W.T`` is itself a convolution (stride 1, zero padding); otherwise it is converted
+        from the forward CSR, so both are alive at once.
         """
         if self.transposed:
             adjoint = self.adjoint
             if adjoint is None:
                 return (self._csr_bytes(self.conv_shape[0]) + self.workspace_bytes
-                        + self.conversion_bytes)
+                        + self.layout_bytes + self.conversion_bytes)
             # built as the adjoint convolution, from the flipped weight
             weight = self.out_channels * self.in_channels // self.groups * math.prod(
                 self.kernel_size) * self.itemsize
-            return adjoint.nbytes + adjoint.workspace_bytes + weight
-        return self.nbytes + self.workspace_bytes
+            return adjoint.nbytes + adjoint.workspace_bytes + adjoint.layout_bytes + weight
+        return self.nbytes + self.workspace_bytes + self.layout_bytes
+
+    @property
+    def permuted(self) -> bool:
+        """Whether the layout permutes the channels-first matrix.
+
+        Channels last with more than one input or output channel: with one of each (or
+        the shorthand) both orders are the same.
+        """
+        return self.channels_last and not self.shorthand and (
+            self.in_channels > 1 or self.out_channels > 1)
+
+    def plane_offset(self, plane: int) -> int:
+        """Entries of the channels-first ``W`` before output plane ``plane``.
+
+        A plane is an ``(output channel, first-axis position)`` pair: the rows
+        ``plane*R .. (plane+1)*R`` with ``R = prod(output_size[1:])``.
+        """
+        o1 = self.output_size[0]
+        channel, p = divmod(plane, o1)
+        rest = math.prod(plan.total for plan in self.axis_plans[1:])
+        return (channel * self.nnz_per_channel
+                + (self.in_channels // self.groups) * self.axis_plans[0].prefix_at(p) * rest)
+
+    @functools.cached_property
+    def layout_pieces(self) -> tuple[tuple[int, int], ...]:
+        """Plane ranges ``[q0, q1)`` a channels-last matrix is built in (channels first).
+
+        Consecutive, covering every plane; each holds at most ``max(nnz / LAYOUT_PIECES,
+        LAYOUT_PIECE_ENTRIES)`` entries, or is a single plane (found by bisection over
+        :meth:`plane_offset`: O(pieces * log planes)).
+        """
+        planes = self.out_channels * self.output_size[0]
+        target = max(LAYOUT_PIECE_ENTRIES, -(-self.nnz // LAYOUT_PIECES))
+        pieces = []
+        q = 0
+        while q < planes:
+            start = self.plane_offset(q)
+            lo, hi = q + 1, planes  # the largest end whose piece fits, at least q + 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self.plane_offset(mid) - start <= target:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            pieces.append((q, lo))
+            q = lo
+        return tuple(pieces)
+
+    @property
+    def layout_bytes(self) -> int:
+        """Bytes a channels-last build holds beside the finished CSR and the workspace.
+
+        The largest piece's channels-first CSR (:attr:`layout_pieces`), the row pointers of
+        one output channel with their lengths and two temporaries, and the two column
+        temporaries of each slab in flight (``LAYOUT_THREADS`` slabs of ``LAYOUT_BLOCK``
+        entries). Zero when the layout permutes nothing (:attr:`permuted`).
+        """
+        if not self.permuted:
+            return 0
+        rest = math.prod(self.output_size[1:])
+        idx = self.index_dtype.itemsize
+        piece = max((self.plane_offset(q1) - self.plane_offset(q0)) * (self.itemsize + idx)
+                    + ((q1 - q0) * rest + 1) * idx for q0, q1 in self.layout_pieces)
+        channel = 5 * (math.prod(self.output_size) + 1) * idx
+        block = LAYOUT_THREADS * min(LAYOUT_BLOCK, self.nnz) * 2 * idx
+        return piece + channel + block
 
     @property
     def conversion_bytes(self) -> int:
@@ -313,7 +415,9 @@ class ConvGeometry:
         swapped within each group) under padding ``lo' = dilation*(k-1) - lo`` and
         ``hi' = n - out + lo`` (so that its output is the forward input ``n``); it exists
         when both are >= 0. Strided or mode-padded convolutions have none (None). Describes
-        the forward matrix whatever ``transposed`` says.
+        the forward matrix whatever ``transposed`` says. Its weight is
+        ``convmat.matrix.adjoint_weight`` of the weight the builder reads (already flipped
+        when ``flip``), so the adjoint has ``flip=False``; it keeps the layout.
         """
         if self.padding_mode != "zeros" or any(s != 1 for s in self.stride):
             return None
@@ -327,7 +431,7 @@ class ConvGeometry:
         return dataclasses.replace(
             self, in_channels=self.out_channels, out_channels=self.in_channels,
             input_size=self.output_size, output_size=self.input_size, padding=pads,
-            transposed=False,
+            transposed=False, flip=False,
         )
 
     def _csr_bytes(self, rows: int) -> int:
@@ -349,6 +453,10 @@ class ConvGeometry:
             parts.append(f"groups={self.groups}")
         if self.padding_mode != "zeros":
             parts.append(f"padding_mode={self.padding_mode!r}")
+        if self.flip:
+            parts.append("flip=True")
+        if self.channels_last:
+            parts.append(f"layout={self.layout!r}")
         if self.transposed and any(self.output_padding):
             parts.append(f"output_padding={self.output_padding}")
         return ", ".join(parts)
@@ -380,6 +488,9 @@ def _build(
     output_padding: Any = 0,
     output_size: Any = None,
     dtype: Any = None,
+    flip: Any = False,
+    origin: Any = None,
+    layout: Any = "channels_first",
 ) -> ConvGeometry:
     wshape, wdtype = shape_of(weight)
     dtype_name = check_dtype(wdtype if wdtype is not None else (dtype or "float64"))
@@ -387,6 +498,11 @@ def _build(
     groups = as_int("groups", groups)
     if groups <= 0:
         raise ValueError(f"groups must be >= 1, got groups={groups}")
+    flip = as_bool("flip", flip)
+    layout = check_layout(layout)
+    last = layout == "channels_last"
+    # where the channel axes are, for the messages
+    w_out_at, w_in_at, c_at = ("[-1]", "[-2]", "[-1]") if last else ("[0]", "[1]", "[0]")
 
     if len(wshape) == len(shape):  # one-channel shorthand: kernel only
         shorthand = True
@@ -399,15 +515,21 @@ def _build(
         w_out, w_in, c_in = 1, 1, 1
     elif len(wshape) == len(shape) + 1 and len(shape) >= 2:
         shorthand = False
-        w_out, w_in, kernel = wshape[0], wshape[1], wshape[2:]
-        c_in, spatial = shape[0], shape[1:]
+        if last:  # (*kernel, C_in/G, C_out) or (*kernel, C_out_t/G, C_in_t), (*spatial, C)
+            w_out, w_in, kernel = wshape[-1], wshape[-2], wshape[:-2]
+            c_in, spatial = shape[-1], shape[:-1]
+        else:
+            w_out, w_in, kernel = wshape[0], wshape[1], wshape[2:]
+            c_in, spatial = shape[0], shape[1:]
     else:
-        layout = ("(C_in, C_out//groups, *kernel)" if transposed
-                  else "(C_out, C_in//groups, *kernel)")
+        names = ("C_in", "C_out") if transposed else ("C_out", "C_in")
+        expected = (f"(*kernel, {names[1]}//groups, {names[0]})" if last
+                    else f"({names[0]}, {names[1]}//groups, *kernel)")
         raise ValueError(
             f"weight.ndim={len(wshape)} (shape {wshape}) does not fit input_shape={shape}: "
-            f"expected ndim {len(shape) + 1} {layout} for input (C, *spatial), or ndim "
-            f"{len(shape)} (a one-channel kernel) for a spatial-only input_shape"
+            f"expected ndim {len(shape) + 1} {expected} for input "
+            f"{'(*spatial, C)' if last else '(C, *spatial)'}, or ndim {len(shape)} "
+            "(a one-channel kernel) for a spatial-only input_shape"
         )
     if w_out <= 0 or w_in <= 0:
         raise ValueError(f"weight shape {wshape} has a channel axis <= 0; channel counts must "
@@ -421,8 +543,8 @@ def _build(
         conv_out, conv_in = w_out, w_in * groups
         if c_in != conv_out:
             raise ValueError(
-                f"weight.shape[0]={w_out} (transposed-conv input channels) must equal "
-                f"input_shape[0]={c_in}"
+                f"weight.shape{w_out_at}={w_out} (transposed-conv input channels) must equal "
+                f"input_shape{c_at}={c_in}"
             )
         if w_out % groups:
             raise ValueError(f"groups={groups} must divide in_channels={w_out}")
@@ -434,16 +556,15 @@ def _build(
             raise ValueError(f"groups={groups} must divide out_channels={w_out}")
         if w_in * groups != c_in:
             raise ValueError(
-                f"weight.shape[1]={w_in} times groups={groups} must equal input channels "
-                f"input_shape[0]={c_in}"
+                f"weight.shape{w_in_at}={w_in} times groups={groups} must equal input channels "
+                f"input_shape{c_at}={c_in}"
             )
-
 
     stride_t = per_axis("stride", stride, ndim)
     check_positive("stride", stride_t)
     dilation_t = per_axis("dilation", dilation, ndim)
     check_positive("dilation", dilation_t)
-    pad = resolve_padding(padding, ndim, kernel, stride_t, dilation_t)
+    pad = resolve_padding(padding, ndim, kernel, stride_t, dilation_t, origin=origin, flip=flip)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(
             f"padding_mode={padding_mode!r} is not one of {', '.join(map(repr, PADDING_MODES))}"
@@ -456,7 +577,7 @@ def _build(
             ):
                 raise ValueError("give output_padding or output_size, not both")
             out_pad = _output_padding_from_size(
-                output_size, spatial, kernel, stride_t, dilation_t, pad
+                output_size, spatial, kernel, stride_t, dilation_t, pad, last
             )
         else:
             out_pad = per_axis("output_padding", output_padding, ndim)
@@ -514,6 +635,8 @@ def _build(
         dtype=dtype_name,
         shorthand=shorthand,
         transposed=transposed,
+        flip=flip,
+        layout=layout,
     )
 
 
@@ -530,18 +653,26 @@ def _output_padding_from_size(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     pad: tuple[tuple[int, int], ...],
+    channels_last: bool = False,
 ) -> tuple[int, ...]:
-    """``output_padding`` for a requested ``output_size``, as PyTorch's ``_output_padding``."""
+    """``output_padding`` for a requested ``output_size``, as PyTorch's ``_output_padding``.
+
+    ``output_size`` is the spatial sizes, or a whole output shape: ``(C, *spatial)`` or
+    ``(N, C, *spatial)``; channels last ``(*spatial, C)`` or ``(N, *spatial, C)``.
+    """
     ndim = len(spatial)
     if not isinstance(output_size, Sequence) or isinstance(output_size, str):
         raise TypeError(f"output_size must be a tuple of ints, got {output_size!r}")
     if len(output_size) not in (ndim, ndim + 1, ndim + 2):
+        around = ("followed by channels, or preceded by batch and followed by channels"
+                  if channels_last else "preceded by channels, or batch and channels")
         raise ValueError(
             f"output_size={tuple(output_size)!r} must give the {ndim} spatial sizes "
-            f"(optionally preceded by channels, or batch and channels)"
+            f"(optionally {around})"
         )
+    first = (len(output_size) - ndim) // 2 if channels_last else len(output_size) - ndim
     size = tuple(
-        as_int(f"output_size[{i}]", v) for i, v in enumerate(tuple(output_size)[-ndim:])
+        as_int(f"output_size[{i}]", output_size[i]) for i in range(first, first + ndim)
     )
     mins = tuple(
         conv_transpose_output_size(n, k, s, d, lo, hi, 0)
@@ -566,26 +697,38 @@ def conv_geometry(
     groups: int = 1,
     padding_mode: str = "zeros",
     dtype: Any = None,
+    flip: bool = False,
+    origin: int | Sequence[int] | None = None,
+    layout: str = "channels_first",
 ) -> ConvGeometry:
     """Validate the arguments of a convolution and return its :class:`ConvGeometry`.
 
     Parameters
     ----------
     weight : array or tuple of int
-        The weight ``(C_out, C_in // groups, *kernel)`` or just its shape; a kernel with as
-        many axes as ``input_shape`` is the one-channel shorthand.
+        The weight ``(C_out, C_in // groups, *kernel)`` (channels last: ``(*kernel,
+        C_in // groups, C_out)``) or just its shape; a kernel with as many axes as
+        ``input_shape`` is the one-channel shorthand.
     input_shape : tuple of int
-        ``(C_in, *spatial)``, or the spatial shape for the one-channel shorthand.
+        ``(C_in, *spatial)`` (channels last: ``(*spatial, C_in)``), or the spatial shape
+        for the one-channel shorthand.
     stride, dilation : int or tuple of int
         Per-axis stride and dilation (>= 1).
-    padding : int, tuple, tuple of (lo, hi) pairs, 'valid' or 'same'
-        Zero or mode padding added to each side of each spatial axis.
+    padding : int, tuple, tuple of (lo, hi) pairs, 'valid', 'same' or 'full'
+        Zero or mode padding added to each side of each spatial axis; ``'full'`` is
+        ``dilation*(k-1)`` on both sides.
     groups : int
         Blocked connections from input to output channels.
-    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
-        How the padded border is filled (PyTorch's meaning).
+    padding_mode : str
+        How the padded border is filled, one of :data:`PADDING_MODES` (PyTorch's meaning).
     dtype : dtype, optional
         dtype of ``W`` when ``weight`` is a shape (default float64).
+    flip : bool
+        True convolution: the kernel reversed on every spatial axis.
+    origin : int or tuple of int, optional
+        With ``padding='same'``: SciPy ndimage's centring (see :func:`convmat.conv_matrix`).
+    layout : {'channels_first', 'channels_last'}
+        Where the channel axis of inputs, outputs and the weight is.
 
     Returns
     -------
@@ -603,10 +746,16 @@ def conv_geometry(
     >>> g = conv_geometry((10, 3, 4, 4), (3, 64, 64), stride=2, padding=1)
     >>> g.output_shape, g.shape, g.nnz
     ((10, 32, 32), (10240, 12288), 476280)
+    >>> conv_geometry((4, 4, 3, 10), (64, 64, 3), stride=2, padding=1,
+    ...               layout="channels_last").output_shape
+    (32, 32, 10)
+    >>> conv_geometry((4, 4), (8, 8), padding="same", origin=(-1, 0)).padding
+    ((1, 2), (2, 1))
     """
     return _build(
         weight, input_shape, transposed=False, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode, dtype=dtype,
+        flip=flip, origin=origin, layout=layout,
     )
 
 
@@ -622,13 +771,18 @@ def conv_transpose_geometry(
     output_size: Sequence[int] | None = None,
     padding_mode: str = "zeros",
     dtype: Any = None,
+    flip: bool = False,
+    origin: int | Sequence[int] | None = None,
+    layout: str = "channels_first",
 ) -> ConvGeometry:
     """Validate the arguments of a transposed convolution and return its geometry.
 
-    ``weight`` is ``(C_in, C_out // groups, *kernel)`` (PyTorch/MXNet layout) and
-    ``input_shape`` is ``(C_in, *spatial)``. ``output_size`` picks ``output_padding`` as
-    PyTorch's ``ConvTranspose*d.forward(output_size=...)`` does. The other arguments are
-    those of :func:`conv_geometry`; the result has ``transposed=True``.
+    ``weight`` is ``(C_in, C_out // groups, *kernel)`` (PyTorch/MXNet layout; channels
+    last ``(*kernel, C_out // groups, C_in)``, Keras') and ``input_shape`` is
+    ``(C_in, *spatial)`` (channels last ``(*spatial, C_in)``). ``output_size`` picks
+    ``output_padding`` as PyTorch's ``ConvTranspose*d.forward(output_size=...)`` does.
+    The other arguments are those of :func:`conv_geometry` (``flip``: the transpose of the
+    flipped convolution); the result has ``transposed=True``.
 
     Notes
     -----
@@ -644,6 +798,7 @@ def conv_transpose_geometry(
         weight, input_shape, transposed=True, stride=stride, padding=padding,
         dilation=dilation, groups=groups, padding_mode=padding_mode,
         output_padding=output_padding, output_size=output_size, dtype=dtype,
+        flip=flip, origin=origin, layout=layout,
     )
 
 

@@ -44,12 +44,14 @@ from .geometry import (
     BOX_OVERHEAD,
     GROUP_RUN,
     INDPTR_BLOCK,
+    LAYOUT_BLOCK,
+    LAYOUT_THREADS,
     LINE_FACTOR,
     AxisRun,
     ConvGeometry,
 )
 
-__all__ = ["build_csr_arrays", "fold_weight", "plane_offset"]
+__all__ = ["build_channels_last", "build_csr_arrays", "fold_weight", "plane_offset"]
 
 #: Entries written by one task (a slab of a box); bounds per-task temporaries.
 TASK_ENTRIES = 1 << 21
@@ -139,8 +141,12 @@ def build_csr_arrays(
         Build only the rows of output planes ``[start, stop)``, a plane being one
         ``(output channel, first-axis position)`` pair, i.e. the contiguous rows
         ``start*R .. stop*R`` with ``R = prod(output_size[1:])`` (a distributed build's
-        share). ``indptr`` then starts at 0. Default: every plane.
+        share), in channels-first order whatever ``geometry.layout`` says. ``indptr`` then
+        starts at 0. Default: every plane, in the geometry's layout (see
+        :func:`build_channels_last`).
     """
+    if planes is None and geometry.permuted:
+        return build_channels_last(geometry, weight, xp, indices=indices, threads=threads)
     g = geometry
     groups = g.groups
     cout_g = g.out_channels // groups
@@ -276,13 +282,134 @@ def build_csr_arrays(
     return data_arr, idx_arr, indptr
 
 
+def build_channels_last(
+    g: ConvGeometry,
+    weight: Any | None,
+    xp: ModuleType = np,
+    *,
+    indices: bool = True,
+    threads: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """``(data, indices, indptr)`` of the channels-last ``W``, written piece by piece.
+
+    The channels-first matrix with its rows and columns permuted: index ``(c, p)`` of an
+    input or output (``p`` a flat spatial position) is ``p*C + c`` channels last.
+
+    A row ``(c_out, p)`` holds, for each of the ``C_in/G`` input channels of its group,
+    the same ``M`` spatial columns ``s_0 < ... < s_{M-1}``; channels last its columns
+    ``s_r*C_in + c_in`` sort by ``(r, c_in)``, so entry ``c*M + r`` of the row moves to
+    ``r*C_in/G + c`` (a fixed transposition, no sort). The rows of output channel ``c`` at
+    ``p`` start at ``c*nnz_ch + C_in/G * F(p)`` channels first and at
+    ``C_out*C_in/G*F(p) + c*L`` channels last, ``F(p)`` the spatial entries of the
+    positions before ``p`` and ``L`` the row length. Over a box (a run per axis, see
+    :mod:`convmat.indices`) ``F`` is affine in ``p`` and ``L`` constant, so a box moves as
+    one strided copy ``(C, |R_1|, ..., |R_D|, C_in/G, M)`` between two views.
+
+    The channels-first matrix is built in pieces of whole planes
+    (``ConvGeometry.layout_pieces``), each moved to its place box by box, in slabs of at
+    most ``TASK_ENTRIES`` entries: beside the result, one piece and one slab's column
+    temporaries are alive (``ConvGeometry.layout_bytes``).
+    """
+    idx = g.index_dtype
+    c_out = g.out_channels
+    n_out, n_in, c_in = math.prod(g.output_size), math.prod(g.input_size), g.in_channels
+
+    ptr0 = _indptr(g, xp, 0, g.output_size[0])  # one output channel: cin_g * F(p)
+    lengths = ptr0[1:] - ptr0[:-1]
+    indptr = xp.empty(c_out * n_out + 1, dtype=idx)
+    rows = indptr[:-1].reshape(n_out, c_out)
+    first = ptr0[:-1] * c_out
+    del ptr0
+    for c in range(c_out):
+        rows[:, c] = first + c * lengths
+    del first, lengths, rows
+    indptr[-1] = g.nnz
+    data = xp.empty(g.nnz, dtype=g.dtype) if weight is not None else None
+    cols = xp.empty(g.nnz, dtype=idx) if indices else None
+    workers = min(LAYOUT_THREADS, threads if threads is not None else default_threads())
+    threaded = xp is np and workers > 1 and g.nnz >= THREADED_MIN_NNZ
+
+    def move(task: tuple[Any, ...]) -> None:
+        src_data, dst_data, src_cols, dst_cols = task
+        if dst_data is not None:
+            dst_data[...] = src_data
+        if dst_cols is not None:  # column c*n_in + s  ->  s*c_in + c
+            col = xp.remainder(src_cols, n_in)
+            col *= c_in
+            col += src_cols // n_in
+            dst_cols[...] = col
+
+    for q0, q1 in g.layout_pieces:
+        piece = build_csr_arrays(g, weight, xp, indices=indices, threads=threads,
+                                 planes=(q0, q1))
+        tasks = _moves(g, (q0, q1), piece, data, cols, xp)
+        del piece  # the tasks' views hold it until they are done
+        if threaded and len(tasks) > 1:  # at most `workers` slabs in flight
+            for k in range(0, len(tasks), workers):
+                list(thread_pool().map(move, tasks[k:k + workers]))
+        else:
+            while tasks:
+                move(tasks.pop())
+        del tasks
+    return data, cols, indptr
+
+
+def _moves(g: ConvGeometry, planes: tuple[int, int], piece: tuple[Any, Any, Any],
+           data: Any, cols: Any, xp: ModuleType) -> list[tuple[Any, ...]]:
+    """``(src data, dst data, src cols, dst cols)`` views moving a piece, slab by slab."""
+    q0, q1 = planes
+    p_data, p_cols, _ = piece
+    c_out, cin_g = g.out_channels, g.in_channels // g.groups
+    plans = g.axis_plans
+    totals = [p.total for p in plans]
+    nnz_ch = g.nnz_per_channel
+    base = g.plane_offset(q0)
+    tasks = []
+    for c0, c1, a, b in _pieces(q0, q1, g.output_size[0]):
+        first_runs = [r for r in (_clip_run(r, a, b) for r in plans[0].runs) if r]
+        for box in itertools.product(first_runs, *(p.runs for p in plans[1:])):
+            ms = [r.m for r in box]
+            if 0 in ms:
+                continue
+            m_all = math.prod(ms)
+            row = cin_g * m_all
+            f0 = 0  # F at the box's first position, and its steps along each axis
+            steps = []
+            for d, run in enumerate(box):
+                scale = math.prod(ms[:d]) * math.prod(totals[d + 1:])
+                f0 += plans[d].prefix_at(run.start) * scale
+                steps.append(run.m * scale)
+            shape = (c1 - c0, *(r.size for r in box), cin_g, m_all)
+            src = (c0 * nnz_ch + cin_g * f0 - base,
+                   (nnz_ch, *(cin_g * s for s in steps), m_all, 1))
+            dst = (c_out * cin_g * f0 + c0 * row,
+                   (row, *(c_out * cin_g * s for s in steps), 1, cin_g))
+            for sub in _slabs(shape, LAYOUT_BLOCK):
+                tasks.append(tuple(
+                    None if arr is None else _as_strided(xp, arr, off, shape, strides)[sub]
+                    for arr, (off, strides) in ((p_data, src), (data, dst), (p_cols, src),
+                                                (cols, dst))))
+    return tasks
+
+
+def _slabs(shape: tuple[int, ...], max_entries: int) -> list[tuple[slice | int, ...]]:
+    """Index tuples cutting an array of ``shape`` into slabs of at most ``max_entries``.
+
+    The first axis ``a`` whose trailing block ``prod(shape[a+1:])`` fits is cut into chunks;
+    the axes before it are taken one index at a time.
+    """
+    a = 0
+    while math.prod(shape[a + 1:]) > max_entries:
+        a += 1
+    chunk = max(1, max_entries // max(1, math.prod(shape[a + 1:])))
+    return [(*lead, slice(i, min(shape[a], i + chunk)))
+            for lead in itertools.product(*(range(n) for n in shape[:a]))
+            for i in range(0, shape[a], chunk)]
+
+
 def plane_offset(g: ConvGeometry, plane: int) -> int:
-    """Entries of ``W`` before the first row of output plane ``plane``."""
-    o1 = g.output_size[0]
-    channel, p = divmod(plane, o1)
-    rest = math.prod(plan.total for plan in g.axis_plans[1:])
-    return channel * g.nnz_per_channel + (g.in_channels // g.groups) * g.axis_plans[0].prefix_at(
-        p) * rest
+    """Entries of the channels-first ``W`` before the first row of output plane ``plane``."""
+    return g.plane_offset(plane)
 
 
 def _pieces(q0: int, q1: int, o1: int) -> list[tuple[int, int, int, int]]:

@@ -63,12 +63,16 @@ class ConvOperator(GeometryShapes, MatrixOperator):
     Parameters
     ----------
     weight : array_like
-        ``(C_out, C_in // groups, *kernel)`` or a one-channel kernel.
+        ``(C_out, C_in // groups, *kernel)`` (channels last ``(*kernel, C_in // groups,
+        C_out)``) or a one-channel kernel.
     input_shape : tuple of int
-        ``(C_in, *spatial)``, or the spatial shape for the one-channel shorthand.
+        ``(C_in, *spatial)`` (channels last ``(*spatial, C_in)``), or the spatial shape
+        for the one-channel shorthand.
     **options
-        ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``max_bytes``
-        as in :func:`convmat.conv_matrix`.
+        ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``flip``,
+        ``origin``, ``layout``, ``max_bytes`` as in :func:`convmat.conv_matrix`. With
+        ``layout='channels_last'`` the operator maps ``(*spatial, C_in)`` inputs (batches
+        ``(N, *spatial, C_in)``) to ``(*spatial, C_out)`` outputs.
     bias : array, optional
         ``(C_out,)`` (a scalar for the one-channel shorthand): the operator is then the
         affine map ``x -> W x + bias`` (``op(x)``; ``op @ x`` applies ``W`` alone), with
@@ -109,6 +113,13 @@ class ConvOperator(GeometryShapes, MatrixOperator):
     array([[ 0.,  0.,  1.],
            [ 0.,  4.,  6.],
            [ 4., 12.,  9.]])
+
+    Channels last, a Keras kernel ``(3, 3, C_in=2, C_out=4)``, a batch of five NHWC inputs:
+
+    >>> op = ConvOperator(np.ones((3, 3, 2, 4)), (8, 8, 2), padding=1,
+    ...                   layout="channels_last")
+    >>> op.input_shape, op.output_shape, (op @ np.ones((5, 8, 8, 2))).shape
+    ((8, 8, 2), (8, 8, 4), (5, 8, 8, 4))
     """
 
     geometry: ConvGeometry
@@ -127,14 +138,17 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         padding_mode: str = "zeros",
+        flip: bool = False,
+        origin: int | Sequence[int] | None = None,
+        layout: str = "channels_first",
         bias: Any = None,
         max_bytes: int | None = None,
     ) -> None:
         weight, xp, geometry = prepare_conv(
             weight, input_shape, stride=stride, padding=padding, dilation=dilation,
-            groups=groups, padding_mode=padding_mode,
+            groups=groups, padding_mode=padding_mode, flip=flip, origin=origin, layout=layout,
         )
-        offset = _bias_offset(bias, geometry.output_shape, geometry.shorthand, xp)
+        offset = _bias_offset(bias, geometry, xp)
         check_memory(geometry, max_bytes, xp=xp)
         weight = _owned(weight, xp)
         self._set(geometry, assemble(geometry, weight, xp), xp, weight)
@@ -153,14 +167,19 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         groups: int = 1,
         output_size: Sequence[int] | None = None,
         padding_mode: str = "zeros",
+        flip: bool = False,
+        origin: int | Sequence[int] | None = None,
+        layout: str = "channels_first",
         bias: Any = None,
         max_bytes: int | None = None,
     ) -> ConvOperator:
         """The transposed convolution, weight ``(C_in, C_out // groups, *kernel)``.
 
-        Arguments as :func:`convmat.conv_transpose_matrix`; the result is the ``.T`` of the
-        matching convolution operator (its ``matrix`` a transposed CSC view, no copy).
-        ``bias`` ``(C_out,)`` makes it affine, as for :class:`ConvOperator`.
+        Arguments as :func:`convmat.conv_transpose_matrix` (channels last: weight
+        ``(*kernel, C_out // groups, C_in)``, input ``(*spatial, C_in)``); the result is
+        the ``.T`` of the matching convolution operator (its ``matrix`` a transposed CSC
+        view, no copy). ``bias`` ``(C_out,)`` makes it affine, as for
+        :class:`ConvOperator`.
 
         Examples
         --------
@@ -173,8 +192,9 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         weight, xp, geometry = prepare_conv_transpose(
             weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
             dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
+            flip=flip, origin=origin, layout=layout,
         )
-        offset = _bias_offset(bias, geometry.output_shape, geometry.shorthand, xp)
+        offset = _bias_offset(bias, geometry, xp)
         forward = geometry.T
         check_memory(forward, max_bytes, xp=xp)
         weight = _owned(weight, xp)
@@ -342,7 +362,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         forward = dataclasses.replace(forward, dtype=check_dtype(weight.dtype))
         check_finite(weight, xp)
         check_memory(forward, max_bytes, xp=xp, what="the new data of W",
-                     peak=forward.nnz * forward.itemsize + forward.workspace_bytes)
+                     peak=forward.nnz * forward.itemsize + forward.workspace_bytes
+                     + forward.layout_bytes)
         weight = _owned(weight, xp)
         base = self.T.matrix if transposed else self.matrix
         data, _, _ = build_csr_arrays(forward, conv_weight(forward, weight), xp, indices=False)
@@ -391,7 +412,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         flipped = adjoint_weight(g, conv_weight(g, self.weight), xp)
         if conj:
             flipped = flipped.conj()
-        if adjoint == g and bool(xp.array_equal(flipped, conv_weight(g, self.weight))):
+        if adjoint == dataclasses.replace(g, flip=False) and bool(
+                xp.array_equal(flipped, conv_weight(g, self.weight))):
             return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
         check_memory(adjoint, max_bytes, xp=xp, what="W^H")
         data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
@@ -419,6 +441,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             ("dilation", g.dilation),
             ("groups", g.groups),
             ("padding mode", g.padding_mode),
+            ("flip (true convolution)", g.flip),
+            ("layout", g.layout),
             ("matrix shape", self.shape),
             ("nnz", f"{self.nnz:,}"),
             ("density", f"{self.nnz / (self.shape[0] * self.shape[1]):.3g}"),
@@ -450,24 +474,25 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         )
 
 
-def _bias_offset(bias: Any, output_shape: tuple[int, ...], shorthand: bool,
-                 xp: ModuleType) -> Any:
+def _bias_offset(bias: Any, geometry: ConvGeometry, xp: ModuleType) -> Any:
     """The bias broadcast over the output: ``(C_out,)`` per channel, a scalar for the shorthand."""
     if bias is None:
         return None
+    output_shape, shorthand = geometry.output_shape, geometry.shorthand
     refuse_masked("bias", bias, "the bias")
     same_backend("bias", bias, xp, "the weight")
     b = np.asarray(bias) if xp is np else bias
     if b.dtype.kind not in "biufc":
         raise TypeError(f"bias must be a numeric array, got dtype {b.dtype}")
-    channels = 1 if shorthand else output_shape[0]
+    channels = 1 if shorthand else output_shape[-1 if geometry.channels_last else 0]
     if b.size != channels or b.ndim > 1:
         expected = "a scalar (one-channel shorthand)" if shorthand else f"({channels},)"
         raise ValueError(f"bias of shape {tuple(b.shape)} does not fit: expected {expected}")
     if not bool(xp.all(xp.isfinite(b))):
         raise ValueError("bias contains NaN or inf")
-    spatial = output_shape if shorthand else output_shape[1:]
-    shape = (1,) * len(spatial) if shorthand else (channels,) + (1,) * len(spatial)
+    ones = (1,) * geometry.ndim
+    shape = ones if shorthand else (*ones, channels) if geometry.channels_last else (
+        channels, *ones)
     out = xp.broadcast_to(b.reshape(shape), output_shape).copy()
     if xp is np:
         out.flags.writeable = False
@@ -538,7 +563,8 @@ def __getattr__(name: str) -> Any:
 
 
 def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
-                      dtype: Any = np.float64, max_bytes: int | None = None) -> ConvOperator:
+                      dtype: Any = np.float64, layout: str = "channels_first",
+                      max_bytes: int | None = None) -> ConvOperator:
     """Forward differences along every spatial axis, as one convolution operator.
 
     ``input_shape`` is ``(C, *spatial)``; give ``ndim=len(input_shape)`` for a spatial-only
@@ -550,6 +576,9 @@ def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
     ``(C*D, 1, 2, ..., 2)``, ``groups=C``, padding ``(0, 1)`` per axis, ``'replicate'``
     mode: the ``[-1, 1]`` kernel along each axis. The unused taps of the ``2 x ... x 2``
     kernel are stored as zeros (the pattern depends on the geometry only).
+
+    ``layout='channels_last'`` takes ``(*spatial, C)`` and gives ``(*spatial, C*D)``, channel
+    ``c*D + d`` last, as the convolutions of that layout.
 
     Examples
     --------
@@ -563,6 +592,9 @@ def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
     True
     """
     shape = tuple(input_shape)
+    last = layout == "channels_last"
+    if last and len(shape) >= 2:  # (*spatial, C): plan on (C, *spatial), build channels last
+        shape = (shape[-1], *shape[:-1])
     if ndim is None:
         ndim = len(shape) - 1
     if ndim not in (len(shape), len(shape) - 1) or ndim < 1:
@@ -578,5 +610,8 @@ def gradient_operator(input_shape: Sequence[int], *, ndim: int | None = None,
         kernels[(d,) + tuple(1 if e == d else 0 for e in range(ndim))] = 1
     weight = np.tile(kernels[:, None], (channels, 1) + (1,) * ndim)
     full_shape = (channels, *spatial)
+    if last:  # Keras' weight layout (*kernel, C_in // groups, C_out), input (*spatial, C)
+        weight = np.moveaxis(weight, (0, 1), (-1, -2))
+        full_shape = (*spatial, channels)
     return ConvOperator(weight, full_shape, padding=((0, 1),) * ndim, groups=channels,
-                        padding_mode="replicate", max_bytes=max_bytes)
+                        padding_mode="replicate", layout=layout, max_bytes=max_bytes)

@@ -155,7 +155,9 @@ def resolve_regularizer(regularizer: Any, op: Operator) -> Any:
                 f"regularizer={regularizer!r} is not known; use 'gradient', a sparse matrix, "
                 "a convmat operator or a LinearOperator"
             )
-        d = gradient_operator(op.input_shape, ndim=spatial_axes(op), dtype=op.dtype).matrix
+        layout = getattr(getattr(op, "geometry", None), "layout", "channels_first")
+        d = gradient_operator(op.input_shape, ndim=spatial_axes(op), dtype=op.dtype,
+                              layout=layout).matrix
         d.eliminate_zeros()  # unused taps of the 2x...x2 kernel: half the work of D @ x
         return d if op.device == "cpu" else to_gpu(d)
     if isinstance(regularizer, MatrixOperator):

@@ -43,18 +43,20 @@ def _as_operator(obj: Any) -> ConvOperator:
     return obj.to_cpu()
 
 
-def _channels(shape: tuple[int, ...], spatial_ndim: int) -> tuple[int, tuple[int, ...]]:
+def _channels(shape: tuple[int, ...], spatial_ndim: int,
+              last: bool = False) -> tuple[int, tuple[int, ...]]:
     """``(channels, spatial)`` of an operator shape (1 channel for a spatial-only shape)."""
     if len(shape) == spatial_ndim:
         return 1, shape
-    return shape[0], shape[1:]
+    return (shape[-1], shape[:-1]) if last else (shape[0], shape[1:])
 
 
 def block_boundaries(op: ConvOperator) -> dict[str, list[int]]:
     """Row and column offsets where channels and groups of ``op.matrix`` start.
 
     Returns ``{'row_channels', 'col_channels', 'row_groups', 'col_groups'}``: the first row
-    (column) of every output (input) channel after the first, and of every group.
+    (column) of every output (input) channel after the first, and of every group. Channels
+    last, channels interleave (no channel is a block of rows): the lists are empty.
 
     Examples
     --------
@@ -65,6 +67,8 @@ def block_boundaries(op: ConvOperator) -> dict[str, list[int]]:
     """
     g = op.geometry
     nd = g.ndim
+    if g.channels_last:
+        return {"row_channels": [], "col_channels": [], "row_groups": [], "col_groups": []}
     c_out, sp_out = _channels(op.output_shape, nd)
     c_in, sp_in = _channels(op.input_shape, nd)
     n_out, n_in = math.prod(sp_out), math.prod(sp_in)
@@ -127,6 +131,8 @@ def spy(op: ConvOperator, ax: Any = None, *, markersize: float | None = None,
     nd = op.geometry.ndim
     c_out, _ = _channels(op.output_shape, nd)
     c_in, _ = _channels(op.input_shape, nd)
+    if op.geometry.channels_last:  # interleaved channels: no block to label
+        c_out = c_in = 1
     row_edges = [0, *bounds["row_channels"], rows]
     col_edges = [0, *bounds["col_channels"], cols]
     if c_out > 1 and c_out <= 32:
@@ -251,7 +257,10 @@ def footprint(op: ConvOperator, *, output_index: Any = None, input_index: Any = 
     else:
         values = contributions(op, input_index)
         shape, title = op.output_shape, f"input {tuple(np.atleast_1d(input_index))} feeds"
-    channels, spatial = _channels(shape, nd)
+    last = op.geometry.channels_last
+    channels, spatial = _channels(shape, nd, last)
+    if last and len(shape) > nd:
+        values = np.moveaxis(values, -1, 0)
     grid = values.reshape(channels, *([1] * (2 - nd)), *spatial).real
     plt = _pyplot()
     if fig is None:

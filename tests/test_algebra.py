@@ -27,6 +27,14 @@ from convmat import (
 )
 
 from reference import assert_canonical_csr, conv_matrix_reference, conv_reference
+from reference_layers import (
+    channel_affine_reference,
+    interpolate_reference,
+    pad_reference,
+    pixel_shuffle_reference,
+    pixel_unshuffle_reference,
+    pool_reference,
+)
 
 EPS = np.finfo(np.float64).eps
 
@@ -63,19 +71,96 @@ def conv_layers(draw, channels, spatial, allow_bias=True):
     return op, W, apply
 
 
+def dense_of(apply, input_shape):
+    """The dense matrix of the linear part of ``apply`` (a loop reference), column by column."""
+    n = math.prod(input_shape)
+    zero = apply(np.zeros(input_shape))
+    cols = []
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = 1.0
+        cols.append((apply(e.reshape(input_shape)) - zero).ravel())
+    return np.stack(cols, axis=1)
+
+
 @st.composite
-def chains(draw, allow_bias=True):
-    """2-4 convolutions, each fitting the previous output; an optional scaling or residual."""
+def other_layers(draw, channels, spatial):
+    """A layer around convolutions drawn to fit ``(channels, *spatial)``, with its reference.
+
+    Pooling, upsampling, padding (affine with a constant value), a channel affine map and
+    pixel (un)shuffle; the reference is the naive loop of tests/reference_layers.py.
+    """
+    shape = (channels, *spatial)
+    ndim = len(spatial)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    kinds = ["pool", "upsample", "pad", "affine"]
+    if all(n % 2 == 0 for n in spatial):
+        kinds.append("unshuffle")
+    if channels % 2**ndim == 0:
+        kinds.append("shuffle")
+    kind = draw(st.sampled_from(kinds))
+    if kind == "pool":
+        k = draw(st.integers(1, min(2, *spatial)))
+        stride = draw(st.integers(1, 2))
+        pad = draw(st.integers(0, k // 2))
+        include = draw(st.booleans())
+        op = convmat.avg_pool_operator(shape, k, stride, pad, count_include_pad=include)
+
+        def apply(x):
+            return pool_reference(x, (k,) * ndim, (stride,) * ndim, (pad,) * ndim,
+                                  count_include_pad=include)
+    elif kind == "upsample":
+        mode = draw(st.sampled_from(["nearest", "linear"]))
+        mode = {("linear", 2): "bilinear"}.get((mode, ndim), mode)
+        corners = None if mode == "nearest" else draw(st.booleans())
+        out = tuple(draw(st.integers(1, 2 * n)) for n in spatial)
+        op = convmat.upsample_operator(shape, size=out, mode=mode, align_corners=corners)
+
+        def apply(x):
+            return interpolate_reference(x, out, mode, align_corners=bool(corners))
+    elif kind == "pad":
+        mode = draw(st.sampled_from(["constant", "replicate", "circular"]))
+        # F.pad's order: (lo, hi) of the last axis first
+        pads = [draw(st.integers(0, min(2, n))) for n in reversed(spatial) for _ in range(2)]
+        value = draw(st.sampled_from([0.0, 1.5])) if mode == "constant" else 0.0
+        op = convmat.pad_operator(shape, pads, mode=mode, value=value)
+
+        def apply(x):
+            return pad_reference(x, pads, mode, value)
+    elif kind == "affine":
+        scale, shift = rng.standard_normal(channels), rng.standard_normal(channels)
+        op = convmat.channel_affine_operator(shape, scale, shift)
+
+        def apply(x):
+            return channel_affine_reference(x, scale, shift)
+    elif kind == "unshuffle":
+        op = convmat.pixel_unshuffle_operator(shape, 2)
+
+        def apply(x):
+            return pixel_unshuffle_reference(x, 2)
+    else:
+        op = convmat.pixel_shuffle_operator(shape, 2)
+
+        def apply(x):
+            return pixel_shuffle_reference(x, 2)
+    return op, dense_of(apply, shape), apply
+
+
+@st.composite
+def chains(draw, allow_bias=True, layers=False):
+    """2-4 convolutions (with ``layers``, also pooling, upsampling, padding, affine maps and
+    pixel (un)shuffles), each fitting the previous output."""
     ndim = draw(st.integers(1, 2))
     shape = (draw(st.integers(1, 2)), *[draw(st.integers(3, 6)) for _ in range(ndim)])
-    layers = []
+    out = []
     for _ in range(draw(st.integers(2, 4))):
-        layer = draw(conv_layers(shape[0], shape[1:], allow_bias))
-        layers.append(layer)
+        if layers and draw(st.booleans()) and math.prod(shape) <= 200:
+            layer = draw(other_layers(shape[0], shape[1:]))
+        else:
+            layer = draw(conv_layers(shape[0], shape[1:], allow_bias))
+        out.append(layer)
         shape = layer[0].output_shape
-        if math.prod(shape[1:]) == 0 or min(shape[1:]) < 1:
-            break
-    return layers
+    return out
 
 
 def compose(layers):
@@ -100,7 +185,7 @@ def assert_dense_close(got, ref, terms):
 
 # --------------------------------------------------------------------------- properties
 @settings(deadline=None)
-@given(chains(allow_bias=False))
+@given(chains(allow_bias=False, layers=True))
 def test_product_matrix_equals_the_product_of_reference_matrices(layers):
     """``(B @ A).matrix == B.matrix @ A.matrix``, both against the reference, canonical."""
     P = compose(layers)
@@ -118,7 +203,7 @@ def test_product_matrix_equals_the_product_of_reference_matrices(layers):
 
 
 @settings(deadline=None)
-@given(chains(allow_bias=False), st.integers(0, 2**16))
+@given(chains(allow_bias=False, layers=True), st.integers(0, 2**16))
 def test_lazy_application_and_adjoint_against_the_reference(layers, seed):
     """``P @ x`` (flat, shaped, batch, columns) and ``P.H @ y`` without forming a product."""
     P = compose(layers)
@@ -143,11 +228,11 @@ def test_lazy_application_and_adjoint_against_the_reference(layers, seed):
         HB = HB @ layer[0].H
     assert_dense_close(HB.matrix.toarray(), ref.T, terms)
     assert_dense_close(H.matrix.toarray(), ref.T, terms)
-    assert H.H is P
+    assert H.H is P.linear  # the adjoint of the adjoint is the linear part
 
 
 @settings(deadline=None)
-@given(chains(allow_bias=True), st.integers(0, 2**16))
+@given(chains(allow_bias=True, layers=True), st.integers(0, 2**16))
 def test_affine_compositions_compose_their_offsets(layers, seed):
     """``(B o A)(x) = B A x + (B a + b)``: against the layers applied one by one by loops."""
     P = compose(layers)

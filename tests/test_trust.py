@@ -227,6 +227,13 @@ PEAK_CASES = [
     ("conv_transpose_matrix", (1, 1, 3000), (1, 10), dict()),
     ("conv_matrix", (2, 3, 7, 5), (3, 11, 40), dict(padding=(3, 8), dilation=(1, 3),
                                                      padding_mode="circular")),
+    # channels last: built channels first in pieces of planes, each moved to its place
+    # (two pieces here: nnz > LAYOUT_PIECE_ENTRIES), and a transposed conv converted
+    ("conv_matrix", (3, 3, 8, 8), (48, 48, 8), dict(padding=1, layout="channels_last")),
+    ("conv_transpose_matrix", (3, 3, 4, 8), (16, 16, 8), dict(stride=2, padding=1,
+                                                              layout="channels_last")),
+    ("conv_transpose_matrix", (3, 3, 4, 8), (16, 16, 8), dict(padding=1,
+                                                              layout="channels_last")),
 ]
 
 
