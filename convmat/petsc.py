@@ -113,12 +113,23 @@ def conv_matrix(
         A complex weight on a real PETSc build, or a CuPy weight.
     """
     _numpy_only(weight)
+    weight, geometry = _prepare(weight, input_shape, dict(
+        stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode))
     PETSc = _petsc()
     comm = comm if comm is not None else PETSc.COMM_WORLD
-    weight, _, geometry = prepare_conv(weight, input_shape, stride=stride, padding=padding,
-                                       dilation=dilation, groups=groups,
-                                       padding_mode=padding_mode)
     return _assemble(PETSc, comm, geometry, weight, max_bytes)
+
+
+def _prepare(weight: Any, input_shape: Any, options: dict[str, Any]) -> tuple[Any, Any]:
+    """``(weight, geometry)`` validated before PETSc is touched; channels last refused."""
+    weight, _, geometry = prepare_conv(weight, input_shape, **options)
+    if geometry.channels_last:
+        raise ValueError(
+            "convmat.petsc builds channels-first matrices (each rank writes whole output "
+            "planes); layout='channels_last' is not supported: use layout='channels_first' "
+            "with data moved to (C, *spatial)")
+    return weight, geometry
 
 
 #: Environment variables in which MPI launchers give the number of ranks on this node.
@@ -266,10 +277,10 @@ class DistributedConvOperator(GeometryShapes):
     def __init__(self, weight: Any, input_shape: Sequence[int], *, comm: Any = None,
                  **options: Any) -> None:
         _numpy_only(weight)
+        max_bytes = options.pop("max_bytes", None)
+        weight, geometry = _prepare(weight, input_shape, options)
         PETSc = _petsc()  # noqa: N806
         self.comm = comm if comm is not None else PETSc.COMM_WORLD
-        max_bytes = options.pop("max_bytes", None)
-        weight, _, geometry = prepare_conv(weight, input_shape, **options)
         self.geometry = geometry
         self.matrix = _assemble(PETSc, self.comm, geometry, weight, max_bytes)
         self._petsc = PETSc

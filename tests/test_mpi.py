@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,14 @@ def test_petsc_matches_scipy(ranks):
     cases = [line for line in out.stdout.splitlines() if line.startswith("OK ")]
     assert len(cases) == 6, out.stdout  # the error checks and five cases
     assert f"ranks={ranks}" in out.stdout
+
+
+def test_channels_last_is_refused_before_petsc():
+    """Validated before petsc4py is imported: the refusal holds with or without PETSc."""
+    from convmat import petsc
+
+    with pytest.raises(ValueError, match=r"convmat.petsc builds channels-first matrices .*"
+                       r"layout='channels_last' is not supported"):
+        petsc.DistributedConvOperator(np.ones((3, 3, 1, 2)), (8, 8, 1), padding=1,
+                                      layout="channels_last")
+
