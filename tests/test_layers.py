@@ -312,6 +312,7 @@ def test_adaptive_avg_pool_matches_torch(n, out):
     y = fn(torch.from_numpy(x), out).numpy()
     op = adaptive_avg_pool_operator((3, *n), out)
     assert_within(op @ x, y, op.matrix, x, math.prod(nn for nn in n))
+    assert_within(op @ x[1], y[1], op.matrix, x[1], math.prod(nn for nn in n))  # one sample
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -350,6 +351,7 @@ def test_upsample_matches_torch(case, seed):
         np.testing.assert_array_equal(op @ x[0], y[0])
     else:
         assert_within(op @ x, y, op.matrix, x, 2 ** len(case["n"]))
+        assert_within(op @ x[0], y[0], op.matrix, x[0], 2 ** len(case["n"]))
 
 
 @pytest.mark.parametrize("mode, n, kw", [
@@ -554,6 +556,24 @@ def test_crop_matches_reference_and_scatter(n, start, stop):
     assert_canonical_csr(op.matrix)
 
 
+@pytest.mark.parametrize("n, start, stop", [((5,), 1, 4), ((4, 5), (0, 2), (3, 5)),
+                                            ((3, 4, 5), (1, 0, 2), (3, 4, 3))])
+def test_crop_matches_torch(n, start, stop):
+    """A crop is PyTorch's slicing, and F.pad with negative pads: batched and one sample."""
+    torch = torch_or_skip()
+    d = len(n)
+    a = start if isinstance(start, tuple) else (start,) * d
+    b = stop if isinstance(stop, tuple) else (stop,) * d
+    x = torch.from_numpy(rng_x(26, (2, 2, *n)))
+    pads = [v for j in reversed(range(d)) for v in (-a[j], b[j] - n[j])]
+    y = torch.nn.functional.pad(x, pads).numpy()
+    np.testing.assert_array_equal(
+        y, x[(slice(None), slice(None), *[slice(i, j) for i, j in zip(a, b, strict=True)])])
+    op = crop_operator((2, *n), start, stop)
+    np.testing.assert_array_equal(op @ x.numpy(), y)
+    np.testing.assert_array_equal(op @ x.numpy()[1], y[1])
+
+
 # --------------------------------------------------------------------------- channel maps
 @pytest.mark.parametrize("spatial", [(), (3,), (2, 3), (2, 2, 2)])
 def test_channel_affine_matches_reference(spatial):
@@ -567,6 +587,23 @@ def test_channel_affine_matches_reference(spatial):
     np.testing.assert_array_equal(scale, scale_copy)
     assert channel_affine_operator((3, 2), 2.0).offset is None
     assert_canonical_csr(op.matrix)
+
+
+@pytest.mark.parametrize("spatial", [(), (3,), (2, 3), (2, 2, 2)])
+def test_channel_affine_matches_torch(spatial):
+    """scale[c] * x + shift[c], as torch broadcasts it over (N, C, *spatial)."""
+    torch = torch_or_skip()
+    rng = np.random.default_rng(27)
+    scale, shift = rng.standard_normal(3), rng.standard_normal(3)
+    x = rng_x(28, (2, 3, *spatial))
+    view = (3, *(1,) * len(spatial))
+    y = torch.addcmul(torch.from_numpy(shift).view(view), torch.from_numpy(scale).view(view),
+                      torch.from_numpy(x)).numpy()
+    op = channel_affine_operator((3, *spatial), scale, shift)
+    # addcmul may fuse the multiply-add; the operator rounds the product, then the sum.
+    bound = 2 * np.finfo(float).eps * (np.abs(op @ x) + np.abs(op.offset))
+    assert np.all(np.abs(op(x) - y) <= bound)
+    assert np.all(np.abs(op(x[1]) - y[1]) <= bound[1])
 
 
 def test_batch_norm_matches_reference():
