@@ -281,8 +281,7 @@ class Operator(LinearOperator):
         if tuple(x.shape) == ins:
             return self._flat(x.reshape(-1)).reshape(outs), "shaped"
         if x.ndim == len(ins) + 1 and tuple(x.shape[1:]) == ins:
-            flat = x.reshape(x.shape[0], cols)
-            return self._flat(flat.T).T.reshape((x.shape[0], *outs)), "batch"
+            return self._batch(x), "batch"
         if x.ndim == 2 and x.shape[0] == cols:
             return self._flat(x), "columns"
         raise ValueError(
@@ -290,6 +289,16 @@ class Operator(LinearOperator):
             f"vector ({cols},), an input of shape {ins}, a batch (N, *{ins}) or a block of "
             f"columns ({cols}, k)"
         )
+
+    def _batch(self, x: Any) -> Any:
+        """``self @ x`` for a batch ``(N, *input_shape)``: ``(N, *output_shape)``.
+
+        By default the batch is a block of columns; operators with a batched product of
+        their own (a convolution's structured paths) override this.
+        """
+        rows, cols = self.shape
+        flat = x.reshape(x.shape[0], cols)
+        return self._flat(flat.T).T.reshape((x.shape[0], *self.output_shape))
 
     # ---------------------------------------------------------------- algebra
     def __add__(self, other: Any) -> Any:

@@ -20,9 +20,10 @@ from .backend import (
     to_cpu,
     to_gpu,
 )
+from .csr import is_sparse
 from .geometry import ConvGeometry
 from .guard import check_memory
-from .indices import build_csr_arrays
+from .indices import build_csr_arrays, default_threads
 from .matrix import (
     adjoint_weight,
     assemble,
@@ -32,6 +33,8 @@ from .matrix import (
     prepare_conv,
     prepare_conv_transpose,
 )
+from .products import RowBlocks
+from .structured import METHODS, StructuredConv, check_structured, choose_method
 
 __all__ = ["ConvOperator", "gradient_operator"]
 
@@ -123,9 +126,9 @@ class ConvOperator(GeometryShapes, MatrixOperator):
     """
 
     geometry: ConvGeometry
-    matrix: Any
     weight: Any
-    _xp: ModuleType
+    _core: _Core
+    _conj: bool
     _adjoints: dict[str, ConvOperator]
 
     def __init__(
@@ -142,16 +145,21 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         origin: int | Sequence[int] | None = None,
         layout: str = "channels_first",
         bias: Any = None,
+        method: str = "auto",
         max_bytes: int | None = None,
     ) -> None:
+        method = _check_method(method)
         weight, xp, geometry = prepare_conv(
             weight, input_shape, stride=stride, padding=padding, dilation=dilation,
             groups=groups, padding_mode=padding_mode, flip=flip, origin=origin, layout=layout,
         )
         offset = _bias_offset(bias, geometry, xp)
-        check_memory(geometry, max_bytes, xp=xp)
-        weight = _owned(weight, xp)
-        self._set(geometry, assemble(geometry, weight, xp), xp, weight)
+        if method == "csr":
+            check_memory(geometry, max_bytes, xp=xp)
+        core = _Core(geometry, _owned(weight, xp), xp, method, max_bytes)
+        if method == "csr":
+            core.csr = assemble(geometry, core.weight, xp)
+        self._view(geometry, core, conj=False)
         self.offset = offset
 
     @classmethod
@@ -171,6 +179,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         origin: int | Sequence[int] | None = None,
         layout: str = "channels_first",
         bias: Any = None,
+        method: str = "auto",
         max_bytes: int | None = None,
     ) -> ConvOperator:
         """The transposed convolution, weight ``(C_in, C_out // groups, *kernel)``.
@@ -178,8 +187,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         Arguments as :func:`convmat.conv_transpose_matrix` (channels last: weight
         ``(*kernel, C_out // groups, C_in)``, input ``(*spatial, C_in)``); the result is
         the ``.T`` of the matching convolution operator (its ``matrix`` a transposed CSC
-        view, no copy). ``bias`` ``(C_out,)`` makes it affine, as for
-        :class:`ConvOperator`.
+        view of ``W``, no copy). ``bias`` ``(C_out,)`` makes it affine, as for
+        :class:`ConvOperator`; ``method`` as there.
 
         Examples
         --------
@@ -189,6 +198,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         >>> op.output_shape
         (3, 64, 64)
         """
+        method = _check_method(method)
         weight, xp, geometry = prepare_conv_transpose(
             weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
             dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
@@ -196,53 +206,126 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         )
         offset = _bias_offset(bias, geometry, xp)
         forward = geometry.T
-        check_memory(forward, max_bytes, xp=xp)
-        weight = _owned(weight, xp)
-        op = cls._from(forward, assemble(forward, weight, xp), xp, weight).T
-        if offset is None:
-            return op
-        affine = ConvOperator._from(op.geometry, op.matrix, xp, op.weight)
-        affine.offset = offset
-        return affine
-
-    @classmethod
-    def _from(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType,
-              weight: Any) -> ConvOperator:
+        if method == "csr":
+            check_memory(forward, max_bytes, xp=xp)
+        core = _Core(forward, _owned(weight, xp), xp, method, max_bytes)
+        if method == "csr":
+            core.csr = assemble(forward, core.weight, xp)
         op = cls.__new__(cls)
-        op._set(geometry, matrix, xp, weight)
+        op._view(geometry, core, conj=False)
+        op.offset = offset
         return op
 
-    def _set(self, geometry: ConvGeometry, matrix: Any, xp: ModuleType, weight: Any) -> None:
+    def _view(self, geometry: ConvGeometry, core: _Core, *, conj: bool) -> None:
+        """Make this operator ``W``, ``W^T``, ``W^H`` or ``conj(W)`` of ``core``'s convolution."""
         self.geometry = geometry
-        self.matrix = matrix
-        self.weight = weight
-        self._xp = xp
+        self._core = core
+        self._conj = conj
+        self.weight = core.weight
         self._adjoints = {}
         self.offset = None
         self.name = "conv"
+
+    @classmethod
+    def _from_matrix(cls, geometry: ConvGeometry, matrix: Any, xp: ModuleType,
+                     weight: Any, method: str = "auto") -> ConvOperator:
+        """A forward (or transposed) operator whose forward CSR ``matrix`` is built."""
+        forward = geometry.T if geometry.transposed else geometry
+        core = _Core(forward, weight, xp, method, None)
+        core.csr = matrix
+        op = cls.__new__(cls)
+        op._view(geometry, core, conj=False)
+        return op
 
     # ---------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
         """The state, with the array module replaced by its name (modules do not pickle)."""
         state = dict(self.__dict__)
-        state["_xp"] = "numpy" if self._xp is np else "cupy"
+        state.pop("_linear", None)
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        if state["_xp"] == "numpy":
-            state["_xp"] = np
-        else:
-            import cupy  # the pickled operator lived on the GPU
-
-            state["_xp"] = cupy
-        self.__dict__.update(state)
 
     # ---------------------------------------------------------------- attributes
     @property
     def xp(self) -> ModuleType:
         """The array module of the weight and matrix (NumPy or CuPy)."""
-        return self._xp
+        return self._core.xp
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Dtype of ``W`` (the weight's)."""
+        return np.dtype(self._core.forward.dtype)
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries of ``W`` (from the geometry: the matrix need not exist)."""
+        return self.geometry.nnz
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of ``W``'s CSR arrays, built or not (``built`` says which)."""
+        return self.geometry.nbytes
+
+    @property
+    def built(self) -> bool:
+        """Whether ``W`` has been built (only ``.matrix`` and the ``csr`` path build it)."""
+        return self._core.csr is not None
+
+    @property
+    def matrix(self) -> Any:
+        """``W`` (``W.T``, ``W^H`` for adjoints: transposed views), built on first use.
+
+        The build is checked by the memory guard first (the ``max_bytes`` the operator
+        was made with). Structured products never need it.
+        """
+        core = self._core
+        w = core.matrix()
+        transposed = self.geometry.transposed
+        if not transposed and not self._conj:
+            return w
+        key = ("T" if transposed else "") + ("H" if self._conj else "")
+        cached = core.views.get(key)
+        if cached is None:
+            cached = w.conj() if self._conj else w
+            cached = cached.T if transposed else cached
+            core.views[key] = cached
+        return cached
+
+    @property
+    def method(self) -> str:
+        """The path ``op @ x`` takes for one input: ``'csr'``, ``'direct'`` or ``'fft'``.
+
+        Pinned by the ``method`` argument, else chosen by the cost model
+        (:func:`convmat.structured.choose_method`); batches may take another path
+        (:meth:`method_for`).
+        """
+        return self.method_for(1)
+
+    def method_for(self, batch: int) -> str:
+        """The path for a batch of ``batch`` inputs (pinned, or the cost model's choice)."""
+        return self._core.method_for(batch)
+
+    def with_method(self, method: str) -> ConvOperator:
+        """The same operator with the product path pinned (``'auto'`` to let the model choose).
+
+        Shares the weight and, once built, ``W`` with this operator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = ConvOperator(np.ones((64, 64, 3, 3)), (64, 32, 32), padding=1)
+        >>> op.method, op.with_method("fft").method
+        ('direct', 'fft')
+        """
+        method = _check_method(method)
+        core = self._core
+        new = _Core(core.forward, core.weight, core.xp, method, core.max_bytes)
+        new.csr = core.csr
+        if method == "csr" and new.csr is None:
+            new.matrix()
+        op = ConvOperator.__new__(ConvOperator)
+        op._view(self.geometry, new, conj=self._conj)
+        op.offset = self.offset
+        return op
 
     def describe(self) -> str:
         """Kind, shapes and options of the convolution."""
@@ -253,8 +336,9 @@ class ConvOperator(GeometryShapes, MatrixOperator):
     def T(self) -> ConvOperator:  # noqa: N802 - mirrors ndarray.T
         """The transposed operator (``W.T``), mapping shaped outputs back to inputs."""
         if "T" not in self._adjoints:
-            op = ConvOperator._from(self.geometry.T, self.matrix.T, self._xp, self.weight)
-            op._adjoints["T"] = self
+            op = ConvOperator.__new__(ConvOperator)
+            op._view(self.geometry.T, self._core, conj=self._conj)
+            op._adjoints["T"] = self.linear
             self._adjoints["T"] = op
         return self._adjoints["T"]
 
@@ -264,11 +348,66 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         if self.dtype.kind != "c":
             return self.T
         if "H" not in self._adjoints:
-            op = ConvOperator._from(self.geometry.T, self.matrix.conj().T, self._xp,
-                                    self.weight)
-            op._adjoints["H"] = self
+            op = ConvOperator.__new__(ConvOperator)
+            op._view(self.geometry.T, self._core, conj=not self._conj)
+            op._adjoints["H"] = self.linear
             self._adjoints["H"] = op
         return self._adjoints["H"]
+
+    @property
+    def linear(self) -> ConvOperator:
+        """The linear part: ``self`` without the bias (made once)."""
+        if self.offset is None:
+            return self
+        if "_linear" not in self.__dict__:
+            op = ConvOperator.__new__(ConvOperator)
+            op._view(self.geometry, self._core, conj=self._conj)
+            self.__dict__["_linear"] = op
+        return self.__dict__["_linear"]
+
+    # ---------------------------------------------------------------- products
+    def _flat(self, x: Any) -> Any:
+        """``op @ x`` for a flat vector ``(n,)`` or a block of columns ``(n, k)``."""
+        batch = 1 if x.ndim == 1 else int(x.shape[1])
+        if is_sparse(x) or self.method_for(batch) == "csr":
+            if x.ndim == 1 and not self.geometry.transposed and not self._conj:
+                return self._core.row_blocks() @ x
+            return self.matrix @ x
+        ins = self.input_shape
+        if x.ndim == 1:
+            return self._structured(x.reshape((1, *ins))).reshape(-1)
+        out = self._structured(x.T.reshape((batch, *ins)))
+        return out.reshape(batch, -1).T
+
+    def _batch(self, x: Any) -> Any:
+        """``op @ x`` for a batch ``(N, *input_shape)``: one structured product."""
+        if self.method_for(int(x.shape[0])) == "csr":
+            return super()._batch(x)
+        return self._structured(x)
+
+    def _structured(self, x: Any) -> Any:
+        """The direct or FFT product of a batch ``(N, *input_shape)`` in this layout."""
+        core, g = self._core, self.geometry
+        xp, forward = core.xp, core.forward
+        batch = int(x.shape[0])
+        method = self.method_for(batch)
+        check_structured(forward, method, batch, np.result_type(self.dtype, x.dtype),
+                         core.max_bytes, xp)
+        spatial = g.ndim
+        if forward.shorthand:
+            x = x.reshape((batch, 1, *x.shape[1:]))
+        elif forward.channels_last:
+            x = xp.moveaxis(x, -1, 1)
+        plan = core.plan()
+        if g.transposed:
+            y = plan.adjoint(x, method, conjugate=self._conj)
+        else:
+            y = plan.forward(x, method, conjugate=self._conj)
+        if forward.shorthand:
+            return y.reshape((batch, *y.shape[2:]))
+        if forward.channels_last:
+            return xp.ascontiguousarray(xp.moveaxis(y, 1, 1 + spatial))
+        return y
 
     # ---------------------------------------------------------------- bridges
     def aslinearoperator(self) -> Any:
@@ -277,7 +416,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         ``scipy.sparse.linalg.LinearOperator`` on the CPU,
         ``cupyx.scipy.sparse.linalg.LinearOperator`` on the GPU. It is an instance of a
         module-level class (``convmat.operator.ConvLinearOperator``, or
-        ``CupyConvLinearOperator``), so it pickles with the operator it wraps.
+        ``CupyConvLinearOperator``), so it pickles with the operator it wraps. Its products
+        take the operator's path (:attr:`method`).
 
         Examples
         --------
@@ -286,25 +426,27 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         >>> A.shape, A.rmatvec(np.ones(6)).shape
         ((6, 8), (8,))
         """
-        name = "ConvLinearOperator" if self._xp is np else "CupyConvLinearOperator"
+        name = "ConvLinearOperator" if self.xp is np else "CupyConvLinearOperator"
         return _linear_operator_class(name)(self)
 
     # ---------------------------------------------------------------- devices
     def to_gpu(self, *, max_bytes: int | None = None) -> ConvOperator:
-        """The same operator on the GPU (CuPy): matrix and weight copied, nothing rebuilt.
+        """The same operator on the GPU (CuPy): weight and (if built) matrix copied.
 
-        Returns ``self`` when it is already there. The bytes copied (matrix and weight) are
-        checked first against ``max_bytes`` (default: half of the GPU's free memory, see
+        Returns ``self`` when it is already there. The bytes copied are checked first
+        against ``max_bytes`` (default: half of the GPU's free memory, see
         :func:`convmat.to_gpu`); needs CuPy.
         """
-        if self._xp is not np:
+        if self.xp is not np:
             return self
-        m = self.matrix
-        pending = [int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes + self.weight.nbytes)]
+        m = self._core.csr
+        need = int(self.weight.nbytes)
+        if m is not None:
+            need += int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+        pending = [need]
 
-        def move(obj: Any) -> Any:  # the first move checks the room for both
-            need = pending.pop() if pending else 0
-            return to_gpu(obj, max_bytes=max_bytes, nbytes=need)
+        def move(obj: Any) -> Any:  # the first move checks the room for everything
+            return to_gpu(obj, max_bytes=max_bytes, nbytes=pending.pop() if pending else 0)
 
         return self._moved(move)
 
@@ -321,37 +463,40 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         return self._moved(to_cpu)
 
     def _moved(self, move: Any) -> ConvOperator:
-        if self.geometry.transposed:  # move the forward operator, keep the view
-            if "T" in self._adjoints:
-                return self._adjoints["T"]._moved(move).T
-            return self._adjoints["H"]._moved(move).H
-        weight = move(self.weight)
+        core = self._core
+        weight = move(core.weight)
         xp = array_namespace(weight)
-        if xp is self._xp:
+        if xp is core.xp:
             return self
-        op = ConvOperator._from(self.geometry, move(self.matrix), xp, weight)
+        new = _Core(core.forward, weight, xp, core.method, core.max_bytes)
+        new.csr = None if core.csr is None else move(core.csr)
+        op = ConvOperator.__new__(ConvOperator)
+        op._view(self.geometry, new, conj=self._conj)
         op.offset = None if self.offset is None else move(self.offset)
         return op
 
     def with_weight(self, weight: Any, *, max_bytes: int | None = None) -> ConvOperator:
-        """The same geometry with another weight: only ``data`` is rebuilt.
+        """The same geometry with another weight: only ``data`` is rebuilt (if ``W`` was).
 
         The index arrays are shared with this operator (they depend on the geometry only);
         the new operator owns a copy of ``weight``. ``max_bytes`` bounds the new ``data``
-        and the build's workspace, as in :func:`convmat.conv_matrix`.
+        and the build's workspace, as in :func:`convmat.conv_matrix`. When ``W`` was never
+        built, nothing is: the new operator is as lazy as this one.
 
         Examples
         --------
         >>> import numpy as np
         >>> op = ConvOperator(np.ones((2, 2)), (3, 3))
+        >>> op.matrix.nnz
+        16
         >>> op2 = op.with_weight(2 * np.ones((2, 2)))
         >>> np.shares_memory(op2.matrix.indices, op.matrix.indices), float(op2.matrix.sum())
         (True, 32.0)
         """
-        transposed = self.geometry.transposed
-        forward = self.geometry.T if transposed else self.geometry
-        same_backend("weight", weight, self._xp, "the operator")
-        xp = self._xp
+        core = self._core
+        forward = core.forward
+        xp = core.xp
+        same_backend("weight", weight, xp, "the operator")
         weight = np.asarray(weight) if xp is np else weight
         expected = forward.weight_shape
         if tuple(weight.shape) != expected:
@@ -361,18 +506,22 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             )
         forward = dataclasses.replace(forward, dtype=check_dtype(weight.dtype))
         check_finite(weight, xp)
-        check_memory(forward, max_bytes, xp=xp, what="the new data of W",
-                     peak=forward.nnz * forward.itemsize + forward.workspace_bytes
-                     + forward.layout_bytes)
-        weight = _owned(weight, xp)
-        base = self.T.matrix if transposed else self.matrix
-        data, _, _ = build_csr_arrays(forward, conv_weight(forward, weight), xp, indices=False)
-        w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
-        op = ConvOperator._from(forward, w, xp, weight)
-        op = op.T if transposed else op
-        if self.offset is not None:  # the same bias
-            op = ConvOperator._from(op.geometry, op.matrix, xp, op.weight)
-            op.offset = self.offset
+        if core.csr is not None:
+            check_memory(forward, max_bytes, xp=xp, what="the new data of W",
+                         peak=forward.nnz * forward.itemsize + forward.workspace_bytes
+                         + forward.layout_bytes)
+        new = _Core(forward, _owned(weight, xp), xp, core.method,
+                    core.max_bytes if max_bytes is None else max_bytes)
+        if core.csr is not None:
+            base = core.csr
+            data, _, _ = build_csr_arrays(forward, conv_weight(forward, new.weight), xp,
+                                          indices=False)
+            new.csr = from_arrays(forward, data, base.indices, base.indptr, xp,
+                                  transposed=False)
+        geometry = forward.T if self.geometry.transposed else forward
+        op = ConvOperator.__new__(ConvOperator)
+        op._view(geometry, new, conj=self._conj)
+        op.offset = self.offset  # the same bias
         return op
 
     def adjoint_csr(self, *, max_bytes: int | None = None) -> Any:
@@ -394,27 +543,31 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         (0, 'csr')
         """
         g = self.geometry
-        xp = self._xp
-        conj = self.dtype.kind == "c"
-        forward = g.T if g.transposed else g
+        core = self._core
+        xp = core.xp
+        conj = self.dtype.kind == "c" and not self._conj  # the adjoint of conj(W) is W^T
+        forward = core.forward
         if g.transposed:  # the adjoint of an adjoint is the forward CSR
             check_memory(forward, max_bytes, xp=xp, what="W^H",
                          peak=forward.nnz * forward.itemsize if conj else 0)
-            w = self.matrix.T
+            w = core.matrix()
             return w.conj() if conj else w
-        adjoint = g.adjoint
+        adjoint = forward.adjoint
+        weight = conv_weight(forward, core.weight)
         if adjoint is None:
-            check_memory(g.T, max_bytes, xp=xp, what="W^H", peak=g.conversion_bytes)
-            wh = self.matrix.T.tocsr()
+            unbuilt = 0 if core.csr is not None else forward.peak_bytes  # W is built first
+            check_memory(forward.T, max_bytes, xp=xp, what="W^H",
+                         peak=forward.conversion_bytes + unbuilt)
+            wh = core.matrix().T.tocsr()
             if conj:  # in place: W.conj().T would copy the data once more
                 xp.conjugate(wh.data, out=wh.data)
             return wh
-        flipped = adjoint_weight(g, conv_weight(g, self.weight), xp)
+        flipped = adjoint_weight(forward, weight, xp)
         if conj:
             flipped = flipped.conj()
-        if adjoint == dataclasses.replace(g, flip=False) and bool(
-                xp.array_equal(flipped, conv_weight(g, self.weight))):
-            return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
+        if adjoint == dataclasses.replace(forward, flip=False) and bool(
+                xp.array_equal(flipped, weight)):
+            return core.matrix()  # W^H == W (a symmetric kernel, symmetric padding)
         check_memory(adjoint, max_bytes, xp=xp, what="W^H")
         data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
         return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
@@ -432,7 +585,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         g = self.geometry
         kind = f"conv_transpose{g.ndim}d" if g.transposed else f"conv{g.ndim}d"
         rows = [
-            ("operator", kind + ("" if self._xp is np else " (CuPy)")),
+            ("operator", kind + ("" if self.xp is np else " (CuPy)")),
             ("input shape", g.input_shape),
             ("output shape", g.output_shape),
             ("kernel", g.kernel_size),
@@ -443,11 +596,13 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             ("padding mode", g.padding_mode),
             ("flip (true convolution)", g.flip),
             ("layout", g.layout),
+            ("product path", self.method + ("" if self._core.method == "auto" else " (pinned)")),
             ("matrix shape", self.shape),
             ("nnz", f"{self.nnz:,}"),
             ("density", f"{self.nnz / (self.shape[0] * self.shape[1]):.3g}"),
             ("dtype", self.dtype),
-            ("bytes", f"{self.nbytes:,} ({format_bytes(self.nbytes)})"),
+            ("bytes", f"{self.nbytes:,} ({format_bytes(self.nbytes)})"
+                      + ("" if self.built else ", not built")),
         ]
         if g.transposed and any(g.output_padding):
             rows.insert(6, ("output padding", g.output_padding))
@@ -457,7 +612,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             for k, v in rows
         )
         image = ""
-        if self._xp is np and self.nnz <= self.THUMBNAIL_MAX_NNZ:
+        if self.xp is np and self.nnz <= self.THUMBNAIL_MAX_NNZ:
             image = (f"<td style='vertical-align:top'><img src='{thumbnail(self.matrix)}' "
                      "alt='sparsity pattern' style='image-rendering:pixelated;"
                      "border:1px solid #ccc'/></td>")
@@ -466,11 +621,13 @@ class ConvOperator(GeometryShapes, MatrixOperator):
 
     def __repr__(self) -> str:
         g = self.geometry
-        backend = "" if self._xp is np else ", backend=cupy"
+        backend = "" if self.xp is np else ", backend=cupy"
         affine = ", affine" if self.offset is not None else ""
+        built = "" if self.built else " (not built)"
         return (
             f"ConvOperator({g.describe()}; shape={self.shape}, nnz={self.nnz:,}, "
-            f"dtype={self.dtype}, {format_bytes(self.nbytes)}{affine}{backend})"
+            f"dtype={self.dtype}, {format_bytes(self.nbytes)}{built}, "
+            f"method={self.method}{affine}{backend})"
         )
 
 
@@ -497,6 +654,82 @@ def _bias_offset(bias: Any, geometry: ConvGeometry, xp: ModuleType) -> Any:
     if xp is np:
         out.flags.writeable = False
     return out
+
+
+def _check_method(method: str) -> str:
+    """``method`` if it is ``'auto'`` or one of :data:`convmat.structured.METHODS`."""
+    if method != "auto" and method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of 'auto', "
+                         f"{', '.join(map(repr, METHODS))}")
+    return method
+
+
+class _Core:
+    """What ``W``, ``W^T``, ``W^H`` and ``conj(W)`` of one convolution share.
+
+    The forward geometry, the owned weight, the requested path, the memory limit, and what
+    is made on first use: the forward CSR (``csr``), its transposed and conjugated views,
+    its row split over threads, and the structured products' plan.
+    """
+
+    def __init__(self, forward: ConvGeometry, weight: Any, xp: ModuleType, method: str,
+                 max_bytes: int | None) -> None:
+        self.forward = forward
+        self.weight = weight
+        self.xp = xp
+        self.method = method
+        self.max_bytes = max_bytes
+        self.csr: Any = None
+        self.views: dict[str, Any] = {}
+        self.chosen: dict[int, str] = {}
+        self._plan: StructuredConv | None = None
+        self._blocks: RowBlocks | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["xp"] = "numpy" if self.xp is np else "cupy"
+        state["views"], state["_plan"], state["_blocks"] = {}, None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state["xp"] == "numpy":
+            state["xp"] = np
+        else:
+            import cupy  # the pickled operator lived on the GPU
+
+            state["xp"] = cupy
+        self.__dict__.update(state)
+
+    def matrix(self) -> Any:
+        """The forward CSR, built (under the memory guard) on first use."""
+        if self.csr is None:
+            check_memory(self.forward, self.max_bytes, xp=self.xp)
+            self.csr = assemble(self.forward, self.weight, self.xp)
+        return self.csr
+
+    def row_blocks(self) -> RowBlocks:
+        """The forward CSR split by rows over the thread pool (``W @ x`` on threads)."""
+        if self._blocks is None:
+            self._blocks = RowBlocks(self.matrix(), default_threads())
+        return self._blocks
+
+    def plan(self) -> StructuredConv:
+        """The structured products' plan (padding maps per axis), made once."""
+        if self._plan is None:
+            self._plan = StructuredConv(self.forward, conv_weight(self.forward, self.weight),
+                                        self.xp)
+        return self._plan
+
+    def method_for(self, batch: int) -> str:
+        """The pinned path, or the cost model's choice for ``batch`` inputs (cached)."""
+        if self.method != "auto":
+            return self.method
+        if batch not in self.chosen:
+            self.chosen[batch] = choose_method(self.forward, batch, xp=self.xp,
+                                               max_bytes=self.max_bytes,
+                                               have_matrix=self.csr is not None)
+        return self.chosen[batch]
 
 
 def _owned(weight: Any, xp: ModuleType) -> Any:
@@ -532,16 +765,16 @@ def _linear_operator_class(name: str) -> Any:
             super().__init__(dtype=op.dtype, shape=op.shape)
 
         def _matvec(self, x: Any) -> Any:
-            return self.op.matrix @ x
+            return self.op._flat(x)
 
         def _rmatvec(self, y: Any) -> Any:
-            return self.op.H.matrix @ y
+            return self.op.H._flat(y)
 
         def _matmat(self, x: Any) -> Any:
-            return self.op.matrix @ x
+            return self.op._flat(x)
 
         def _rmatmat(self, y: Any) -> Any:
-            return self.op.H.matrix @ y
+            return self.op.H._flat(y)
 
         def _adjoint(self) -> Any:
             return self.op.H.aslinearoperator()

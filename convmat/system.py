@@ -27,13 +27,20 @@ __all__ = ["FlatProducts", "StackedSystem", "linear_operator", "resolve_regulari
 
 
 class StackedSystem:
-    """``A = [W; lam*D]`` and ``b = [y; 0]``, applied without copying ``W``."""
+    """``A = [W; lam*D]`` and ``b = [y; 0]``, applied without copying ``W``.
+
+    A convolution applies ``W`` on its fastest path (:attr:`ConvOperator.method`): by its
+    structured products, or by the CSR and an explicit CSR of ``W^H``.
+    """
 
     def __init__(self, op: Operator, reg: Any, lam: float) -> None:
         xp = op.xp
         self.w: Any
         self.wh: Any
-        if isinstance(op, MatrixOperator):
+        if isinstance(op, ConvOperator) and op.method != "csr":
+            # a structured path (im2col + GEMM, or FFT): W is never formed
+            self.w, self.wh = FlatProducts(op), FlatProducts(op.H)
+        elif isinstance(op, MatrixOperator):
             # An explicit CSR of W^H (SpMV with a CSC view is slower and cannot be split by
             # rows): for a convolution written directly when W^H is itself one, else
             # converted.

@@ -122,6 +122,8 @@ def test_transposed_constructor_equals_conv_transpose_matrix():
 def test_with_weight_swaps_data_only(setup):
     rng, w, op = setup
     w2 = rng.standard_normal(w.shape).astype(np.float32)
+    assert not op.with_weight(w2).built  # a lazy operator stays lazy
+    op.matrix  # noqa: B018 - once W is built, the new operator shares its indices
     op2 = op.with_weight(w2)
     fresh = ConvOperator(w2, op.input_shape, stride=(2, 1), padding=((1, 0), (1, 2)),
                          groups=2, padding_mode="reflect")

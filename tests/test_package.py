@@ -67,8 +67,8 @@ def test_mypy():
 #: (geometry -> indices -> matrix -> operators -> solvers), and the leaves come last (the
 #: command line may plot with viz; nothing in the flow imports a leaf).
 FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "guard", "csr",
-        "geometry", "indices", "matrix", "algebra", "operator", "separable", "layers",
-        "products", "result", "krylov", "system", "solvers"]
+        "geometry", "indices", "products", "structured", "matrix", "algebra", "operator",
+        "separable", "layers", "result", "krylov", "system", "solvers"]
 LEAVES = ["viz", "petsc", "cli", "__main__"]
 
 

@@ -218,14 +218,17 @@ def test_max_bytes_decides_by_peak_bytes(xp, case, seed):
                 _matrix(case, w, xp)
         else:
             assert host(_matrix(case, w, xp)).nnz == g.nnz
-    # the operator guards the matrix it builds, the forward one (a transposed operator is
-    # the view of the forward matrix: no conversion)
+    # the operator is lazy: it guards the matrix when it builds it, the forward one (a
+    # transposed operator is the view of the forward matrix: no conversion)
     forward = g.T if case.transposed else g
+    op = _operator(case, w, xp)
+    assert not op.built and op.nnz == g.nnz
     if case.max_bytes is not None and case.max_bytes < forward.peak_bytes:
         with pytest.raises(convmat.ConvMatrixTooLarge, match=f"nnz={g.nnz:,}"):
-            _operator(case, w, xp)
+            op.matrix  # noqa: B018
+        assert not op.built
     else:
-        assert _operator(case, w, xp).nnz == g.nnz
+        assert host(op.matrix).nnz == g.nnz
 
 
 def test_strategies_draw_the_whole_space():

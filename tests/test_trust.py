@@ -265,10 +265,13 @@ def test_adjoint_csr_with_weight_and_gradient_are_guarded():
         op.adjoint_csr(max_bytes=1000)
     with pytest.raises(ConvMatrixTooLarge, match=r"over the limit of 1,000 bytes"):
         op.T.adjoint_csr(max_bytes=1000)  # conjugating the data copies it
+    lazy = op.with_weight(w, max_bytes=1000)  # W was never built: nothing is
+    assert not lazy.built
+    op.matrix  # noqa: B018 - build W: now the new data of W is
     with pytest.raises(ConvMatrixTooLarge, match=r"the new data of W .* over the limit"):
         op.with_weight(w, max_bytes=1000)
     with pytest.raises(ConvMatrixTooLarge, match=r"over the limit of 100 bytes"):
-        convmat.gradient_operator((1, 16, 16), max_bytes=100)
+        convmat.gradient_operator((1, 16, 16), max_bytes=100).matrix  # noqa: B018
     sym = ConvOperator(np.ones((3, 3)), (8, 8), padding=1)  # W^H == W: written directly
     with pytest.raises(ConvMatrixTooLarge, match=r"W\^H"):
         ConvOperator(np.arange(9.0).reshape(3, 3), (8, 8), padding=1).adjoint_csr(max_bytes=10)
@@ -279,7 +282,8 @@ def test_adjoint_csr_conversion_stays_within_its_prediction():
     """Complex, strided, circular: the conversion allocated 350 MiB beyond its estimate."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((4, 4, 3, 3)) + 1j * rng.standard_normal((4, 4, 3, 3))
-    op = ConvOperator(w, (4, 32, 32), stride=2, padding=1, padding_mode="circular")
+    op = ConvOperator(w, (4, 32, 32), stride=2, padding=1, padding_mode="circular",
+                      method="csr")  # W built: the conversion alone is measured
     peak = _traced_peak(op.adjoint_csr)
     assert peak <= op.geometry.conversion_bytes
     np.testing.assert_array_equal(op.adjoint_csr().toarray(), op.matrix.toarray().conj().T)
