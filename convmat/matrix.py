@@ -12,6 +12,7 @@ from .backend import array_namespace, csr_container, refuse_masked, same_backend
 from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .guard import check_memory
 from .indices import build_csr_arrays
+from .structured import StructuredConv, check_method, check_structured, choose_method
 
 __all__ = [
     "adjoint_weight",
@@ -404,10 +405,20 @@ def _apply(x: Any, weight: Any, name: str, transposed: bool, options: dict[str, 
     xb, unbatched = _split_batch(x, weight.ndim - 2, name, last)
     options = dict(options)
     max_bytes = options.pop("max_bytes", None)
+    method = check_method(options.pop("method", "auto"))
     make = prepare_conv_transpose if transposed else prepare_conv
     weight, xp, geometry = make(weight, tuple(xb.shape[1:]), **options)
-    # One product: a transposed conv uses the forward CSR's transposed view (no conversion).
     forward = geometry.T if transposed else geometry
+    batch = int(xb.shape[0])
+    if method == "auto":
+        method = choose_method(forward, batch, xp=xp, max_bytes=max_bytes)
+    if method != "csr":  # the kernel alone: no W
+        check_structured(forward, method, batch, np.result_type(weight.dtype, xb.dtype),
+                         max_bytes, xp)
+        plan = StructuredConv(forward, conv_weight(forward, weight), xp)
+        y = plan.apply(xb, method, adjoint=transposed)
+        return y[0] if unbatched else y
+    # One product: a transposed conv uses the forward CSR's transposed view (no conversion).
     check_memory(forward, max_bytes, xp=xp)
     w = assemble(forward, weight, xp)
     w = w.T if transposed else w
@@ -424,6 +435,9 @@ def conv(x: Any, weight: Any, **options: Any) -> Any:
     ``layout='channels_last'``, ``x`` is ``(N, *spatial, C)`` or ``(*spatial, C)`` and the
     weight Keras' ``(*kernel, C_in // groups, C_out)``). ``x`` and ``weight`` are both
     NumPy or both CuPy arrays (the result follows them; mixing them is a ``TypeError``).
+    ``method`` (``'auto'``, ``'csr'``, ``'direct'``, ``'fft'``) picks the product's path as
+    for :class:`ConvOperator`; ``'auto'`` asks the cost model
+    (:func:`convmat.structured.choose_method`), and only ``'csr'`` builds ``W``.
     Matches ``torch.nn.functional.conv{1,2,3}d`` (with ``padding_mode`` as the ``Conv*d``
     modules) and generalises it to any number of spatial axes.
 
@@ -451,7 +465,7 @@ def conv_transpose(y: Any, weight: Any, **options: Any) -> Any:
     ``weight`` is ``(C_in, C_out // groups, *kernel)`` and ``options`` are those of
     :func:`conv_transpose_matrix` (including ``output_padding`` and ``output_size``; with
     ``layout='channels_last'``, ``y`` is ``(N, *spatial, C)`` or ``(*spatial, C)`` and the
-    weight Keras' ``(*kernel, C_out // groups, C_in)``).
+    weight Keras' ``(*kernel, C_out // groups, C_in)``), and ``method`` as :func:`conv`.
 
     Examples
     --------

@@ -34,7 +34,7 @@ from .matrix import (
     prepare_conv_transpose,
 )
 from .products import RowBlocks
-from .structured import METHODS, StructuredConv, check_structured, choose_method
+from .structured import StructuredConv, check_method, check_structured, choose_method
 
 __all__ = ["ConvOperator", "gradient_operator"]
 
@@ -148,7 +148,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         method: str = "auto",
         max_bytes: int | None = None,
     ) -> None:
-        method = _check_method(method)
+        method = check_method(method)
         weight, xp, geometry = prepare_conv(
             weight, input_shape, stride=stride, padding=padding, dilation=dilation,
             groups=groups, padding_mode=padding_mode, flip=flip, origin=origin, layout=layout,
@@ -198,7 +198,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         >>> op.output_shape
         (3, 64, 64)
         """
-        method = _check_method(method)
+        method = check_method(method)
         weight, xp, geometry = prepare_conv_transpose(
             weight, input_shape, stride=stride, padding=padding, output_padding=output_padding,
             dilation=dilation, groups=groups, output_size=output_size, padding_mode=padding_mode,
@@ -316,7 +316,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         >>> op.method, op.with_method("fft").method
         ('direct', 'fft')
         """
-        method = _check_method(method)
+        method = check_method(method)
         core = self._core
         new = _Core(core.forward, core.weight, core.xp, method, core.max_bytes)
         new.csr = core.csr
@@ -393,21 +393,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         method = self.method_for(batch)
         check_structured(forward, method, batch, np.result_type(self.dtype, x.dtype),
                          core.max_bytes, xp)
-        spatial = g.ndim
-        if forward.shorthand:
-            x = x.reshape((batch, 1, *x.shape[1:]))
-        elif forward.channels_last:
-            x = xp.moveaxis(x, -1, 1)
-        plan = core.plan()
-        if g.transposed:
-            y = plan.adjoint(x, method, conjugate=self._conj)
-        else:
-            y = plan.forward(x, method, conjugate=self._conj)
-        if forward.shorthand:
-            return y.reshape((batch, *y.shape[2:]))
-        if forward.channels_last:
-            return xp.ascontiguousarray(xp.moveaxis(y, 1, 1 + spatial))
-        return y
+        return core.plan().apply(x, method, adjoint=g.transposed, conjugate=self._conj)
 
     # ---------------------------------------------------------------- bridges
     def aslinearoperator(self) -> Any:
@@ -654,14 +640,6 @@ def _bias_offset(bias: Any, geometry: ConvGeometry, xp: ModuleType) -> Any:
     if xp is np:
         out.flags.writeable = False
     return out
-
-
-def _check_method(method: str) -> str:
-    """``method`` if it is ``'auto'`` or one of :data:`convmat.structured.METHODS`."""
-    if method != "auto" and method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of 'auto', "
-                         f"{', '.join(map(repr, METHODS))}")
-    return method
 
 
 class _Core:
