@@ -370,9 +370,13 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         """``op @ x`` for a flat vector ``(n,)`` or a block of columns ``(n, k)``."""
         batch = 1 if x.ndim == 1 else int(x.shape[1])
         if is_sparse(x) or self.method_for(batch) == "csr":
-            if x.ndim == 1 and not self.geometry.transposed and not self._conj:
+            if is_sparse(x) or self.xp is not np:
+                return self.matrix @ x
+            if not self.geometry.transposed:  # W @ x (conj(W) @ x = conj(W @ conj(x)))
+                if self._conj:
+                    return np.conjugate(self._core.row_blocks() @ np.conjugate(x))
                 return self._core.row_blocks() @ x
-            return self.matrix @ x
+            return self._core.row_blocks().rmatmul(x, conjugate=self._conj)
         ins = self.input_shape
         if x.ndim == 1:
             return self._structured(x.reshape((1, *ins))).reshape(-1)

@@ -46,19 +46,49 @@ class RowBlocks:
                 self.blocks.append((r0, r1, block))
 
     def __matmul__(self, x: Any) -> Any:
+        """``A @ x`` for a vector ``(n,)`` or a block of columns ``(n, k)``."""
         if not self.blocks:
             return self.a @ x
-        out = np.empty(self.shape[0], dtype=np.result_type(self.a.dtype, x.dtype))
+        out = np.empty((self.shape[0], *x.shape[1:]), dtype=np.result_type(self.a.dtype, x.dtype))
 
         def part(k: int) -> None:
             r0, r1, block = self.blocks[k]
             out[r0:r1] = block @ x
 
+        self._run(part)
+        return out
+
+    def rmatmul(self, y: Any, *, conjugate: bool = False) -> Any:
+        """``A^T @ y`` (``A^H @ y`` with ``conjugate``) for ``y`` ``(m,)`` or ``(m, k)``.
+
+        Each block adds ``block^T @ y[rows]``: the blocks' partial sums (one output per
+        thread) are added at the end. ``A^H y = conj(A^T conj(y))`` conjugates vectors, never
+        the matrix.
+        """
+        complex_ = conjugate and np.result_type(self.a.dtype, y.dtype).kind == "c"
+        if complex_:
+            y = np.conjugate(y)
+        if not self.blocks:
+            out = self.a.T @ y
+        else:
+            partial: list[Any] = [None] * len(self.blocks)
+
+            def part(k: int) -> None:
+                r0, r1, block = self.blocks[k]
+                partial[k] = block.T @ y[r0:r1]
+
+            self._run(part)
+            out = partial[0]
+            for p in partial[1:]:
+                out += p
+        return np.conjugate(out, out=out) if complex_ else out
+
+    def _run(self, part: Any) -> None:
+        """``part(k)`` for every block, block 0 on the calling thread."""
         pending = [thread_pool().submit(part, k) for k in range(1, len(self.blocks))]
         part(0)
         for f in pending:
             f.result()
-        return out
 
 
 _BLAS: list[Any] = []

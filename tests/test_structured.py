@@ -392,3 +392,31 @@ def test_the_functional_forms_refuse_an_unknown_method():
     with pytest.raises(convmat.ConvMatrixTooLarge, match=r"the fft product of a batch of 1 "):
         convmat.conv_transpose(np.ones((1, 4, 4)), np.ones((1, 1, 3, 3)), method="fft",
                                max_bytes=10)
+
+
+# --------------------------------------------------------------------------- the CSR path
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_the_csr_path_splits_rows_over_threads(monkeypatch, dtype):
+    """``op @ x``, ``op.T @ y`` and ``op.H @ y`` on the CSR path run on row blocks (the
+    adjoint adds the blocks' partial sums); they equal SciPy's products with ``W``."""
+    from convmat import products
+
+    monkeypatch.setattr(products, "PARALLEL_MIN_NNZ", 0)
+    monkeypatch.setattr(convmat.operator, "default_threads", lambda: 3)
+    rng = np.random.default_rng(4)
+    w = random_array(rng, (3, 2, 3, 3), dtype)
+    op = convmat.ConvOperator(w, (2, 11, 9), padding=1, stride=(2, 1), method="csr")
+    assert len(op._core.row_blocks().blocks) == 3
+    W = op.matrix
+    x = random_array(rng, (4, *op.input_shape), dtype)
+    y = random_array(rng, (4, *op.output_shape), dtype)
+    xs, ys = x.reshape(4, -1).T, y.reshape(4, -1).T
+    tol = 20 * eps(dtype) * np.abs(w).sum() * max(np.abs(x).max(), np.abs(y).max())
+    pairs = [(op @ x, (W @ xs).T), (op @ x[0], W @ xs[:, 0]), (op.T @ y, (W.T @ ys).T),
+             (op.H @ y[1], W.conj().T @ ys[:, 1]), (op.H.H @ x, (W @ xs).T),
+             (op.T.H @ x, (W.conj() @ xs).T), (op.aslinearoperator().rmatvec(ys[:, 2]),
+                                               W.conj().T @ ys[:, 2])]
+    for got, want in pairs:
+        got = np.asarray(got).reshape(want.shape)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
