@@ -32,6 +32,7 @@ from .matrix import (
     prepare_conv,
     prepare_conv_transpose,
 )
+from .transposed import build_transposed_csr_arrays
 
 __all__ = ["ConvOperator", "gradient_operator"]
 
@@ -367,7 +368,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         weight = _owned(weight, xp)
         base = self.T.matrix if transposed else self.matrix
         data, _, _ = build_csr_arrays(forward, conv_weight(forward, weight), xp, indices=False)
-        w = from_arrays(forward, data, base.indices, base.indptr, xp, transposed=False)
+        w = from_arrays(forward, data, base.indices, base.indptr, xp)
         op = ConvOperator._from(forward, w, xp, weight)
         op = op.T if transposed else op
         if self.offset is not None:  # the same bias
@@ -381,7 +382,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         ``W`` itself when ``W^H == W`` (a symmetric kernel with symmetric padding: treat the
         result as read-only); written directly by the builder when ``W^H`` is a convolution
         (stride 1, zero padding: the flipped kernel, see ``ConvGeometry.adjoint``); the
-        forward CSR when this operator is an adjoint; otherwise converted from ``W``.
+        forward CSR when this operator is an adjoint; otherwise written directly from the
+        per-axis transposed plans (:mod:`convmat.transposed`), no conversion of ``W``.
         Sparse products with it run at the speed of ``W @ x``, which a CSC view does not
         always. What it allocates is checked against ``max_bytes`` first (default: half
         of the available memory), as for a build.
@@ -403,12 +405,13 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             w = self.matrix.T
             return w.conj() if conj else w
         adjoint = g.adjoint
-        if adjoint is None:
-            check_memory(g.T, max_bytes, xp=xp, what="W^H", peak=g.conversion_bytes)
-            wh = self.matrix.T.tocsr()
-            if conj:  # in place: W.conj().T would copy the data once more
-                xp.conjugate(wh.data, out=wh.data)
-            return wh
+        if adjoint is None:  # written directly from the transposed plans, no conversion
+            check_memory(g.T, max_bytes, xp=xp, what="W^H")
+            weight = conv_weight(g, self.weight)
+            if conj:  # conj of a sum of taps is the sum of their conj: exact
+                weight = weight.conj()
+            data, indices, indptr = build_transposed_csr_arrays(g, weight, xp)
+            return from_arrays(g, data, indices, indptr, xp, transposed=True)
         flipped = adjoint_weight(g, conv_weight(g, self.weight), xp)
         if conj:
             flipped = flipped.conj()
@@ -417,7 +420,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             return self.matrix  # W^H == W (a symmetric kernel, symmetric padding)
         check_memory(adjoint, max_bytes, xp=xp, what="W^H")
         data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
-        return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
+        return from_arrays(adjoint, data, indices, indptr, xp)
 
     # ---------------------------------------------------------------- display
     #: Largest matrix (stored entries) that gets a pattern thumbnail in ``_repr_html_``.
