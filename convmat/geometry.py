@@ -384,14 +384,16 @@ class ConvGeometry:
         plans = g.transposed_axis_plans
         idx, item = g.index_dtype.itemsize, g.itemsize
         c_rows, cout_g = g.in_channels, g.out_channels // g.groups
-        # a border segment's taps (sorted, with their rows) and one chunk of the table
-        planning = max(PLAN_PAIR_BYTES * p.tabulated + 64 * len(p.counts) for p in plans)
+        # a border segment's taps (sorted, with their rows) and its rows' counters, the
+        # counts of every row (twice while joined), and one chunk of the table
+        planning = max(PLAN_PAIR_BYTES * p.tabulated + 96 * p.border + 16 * len(p.counts)
+                       for p in plans)
         planning += 40 * min(TABLE_ENTRIES, max(o * k for o, k in zip(
             g.output_size, g.kernel_size, strict=True)))
         kept = sum(sum(640 * len(r.rows) + 48 * r.entries for r in p.runs) for p in plans)
         rows = c_rows * math.prod(g.input_size)
         rest = math.prod(g.input_size[1:])
-        indptr = (sum(g.input_size) + 3 * rest) * idx + min(INDPTR_BLOCK, rows) * 24
+        indptr = (sum(g.input_size) + 3 * rest) * idx + min(INDPTR_BLOCK, rows) * 16
         head = math.prod(p.widest for p in plans[:-1])
         weight = g.out_channels * (c_rows // g.groups) * math.prod(self.kernel_size) * item
         folded = 3 * c_rows * cout_g * math.prod(

@@ -294,7 +294,7 @@ def _indptr(g: ConvGeometry, plans: tuple[TransposedPlan, ...], xp: ModuleType) 
         rest = np.multiply.outer(rest, plan.counts.astype(idx))
     rest_x = xp.asarray(rest.ravel())
     del rest
-    first = plans[0].counts.astype(idx)
+    first = plans[0].counts  # int64; each block cast on its own
     n1, per, c = g.input_size[0], rest_x.size, g.in_channels
     indptr = xp.empty(c * n1 * per + 1, dtype=idx)
     indptr[0] = 0
@@ -303,13 +303,13 @@ def _indptr(g: ConvGeometry, plans: tuple[TransposedPlan, ...], xp: ModuleType) 
         rows = indptr[1:].reshape(n1, per, c)
         for a in range(0, n1, block):
             b = min(n1, a + block)
-            xp.multiply(xp.asarray(first[a:b])[:, None, None], rest_x[None, :, None],
-                        out=rows[a:b])
-    else:
-        rows = indptr[1:].reshape(c * n1, per)
-        for a in range(0, c * n1, block):
-            b = min(c * n1, a + block)
-            lengths = xp.asarray(first[np.arange(a, b) % n1])
-            xp.multiply(lengths[:, None], rest_x[None, :], out=rows[a:b])
+            xp.multiply(xp.asarray(first[a:b].astype(idx))[:, None, None],
+                        rest_x[None, :, None], out=rows[a:b])
+    else:  # rows (c, i): the same lengths for every channel
+        rows = indptr[1:].reshape(c, n1, per)
+        for a in range(0, n1, block):
+            b = min(n1, a + block)
+            xp.multiply(xp.asarray(first[a:b].astype(idx))[None, :, None],
+                        rest_x[None, None, :], out=rows[:, a:b])
     xp.cumsum(indptr[1:], out=indptr[1:])
     return indptr

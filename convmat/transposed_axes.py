@@ -117,6 +117,8 @@ class TransposedPlan:
     counts: np.ndarray  # entries per row (input index)
     #: Taps tabulated at once while planning (those of the largest border segment).
     tabulated: int = 0
+    #: Rows of the largest border segment (each holds a few counters while planning).
+    border: int = 0
 
     @functools.cached_property
     def total(self) -> int:
@@ -316,7 +318,7 @@ def transposed_axis_plan(axis: AxisMap, out: int) -> TransposedPlan:
     runs: list[TransposedRun] = []
     counts: list[np.ndarray] = []
     prefix = 0
-    tabulated = 0
+    tabulated = border = 0
     for r0, r1, inside in ((0, a, False), (a, b, True), (b, n, False)) if b > a else (
             (0, n, False),):
         if r1 <= r0:
@@ -337,6 +339,7 @@ def transposed_axis_plan(axis: AxisMap, out: int) -> TransposedPlan:
             runs.extend(seg_runs)
             counts.append(m)
             tabulated = max(tabulated, pairs)
+            border = max(border, r1 - r0)
         prefix += int(counts[-1].sum())
     return TransposedPlan(tuple(runs), np.concatenate(counts) if counts else
-                          np.zeros(0, dtype=np.int64), tabulated)
+                          np.zeros(0, dtype=np.int64), tabulated, border)

@@ -227,16 +227,22 @@ def _traced_peak(build):
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("mode, layout", [("reflect", "channels_first"),
-                                          ("zeros", "channels_first"),
-                                          ("circular", "channels_last")])
-def test_build_holds_little_beside_the_csr(mode, layout):
-    """8->8 channels, 64x64 -> 128x128, stride 2: the build allocates ~ the CSR, no copy."""
-    w = np.random.default_rng(5).standard_normal((8, 8, 3, 3)).astype(np.float32)
-    shape = (8, 64, 64)
-    if layout == "channels_last":
-        w, shape = np.ascontiguousarray(w.transpose(2, 3, 1, 0)), (64, 64, 8)
-    options = dict(stride=2, padding=1, output_padding=1, padding_mode=mode, layout=layout)
+MEMORY_CASES = [
+    # 8->8 channels, 64x64 -> 128x128, stride 2
+    ((8, 8, 3, 3), (8, 64, 64), dict(stride=2, padding=1, output_padding=1,
+                                     padding_mode="reflect")),
+    ((8, 8, 3, 3), (8, 64, 64), dict(stride=2, padding=1, output_padding=1)),
+    ((3, 3, 8, 8), (64, 64, 8), dict(stride=2, padding=1, output_padding=1,
+                                     padding_mode="circular", layout="channels_last")),
+    # one channel, 1-D: short rows, the plan's per-row counts as large as indptr
+    ((1, 1, 9), (1, 2**16), dict(stride=3, padding=4, padding_mode="reflect")),
+]
+
+
+@pytest.mark.parametrize("wshape, shape, options", MEMORY_CASES)
+def test_build_holds_little_beside_the_csr(wshape, shape, options):
+    """The build allocates about the CSR and nothing like a second copy of it."""
+    w = np.random.default_rng(5).standard_normal(wshape).astype(np.float32)
     g = convmat.conv_transpose_geometry(w, shape, **options)
     assert g.adjoint is None
     assert g.T.transposed_axis_plans  # planned (cached) before, as the guard does
