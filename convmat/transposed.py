@@ -206,10 +206,18 @@ def build_transposed_csr_arrays(
             blocks = 1
             if base_len < SHORT_ROW:
                 blocks = max(1, BLOCKED_ROW // base_len)
-            for piece in run.merged(min(blocks, run.count)):
-                inner, tmpl = _templates(piece, spatial, folded, g, last, xp, idx_dtype,
-                                         scale, out_stride[-1] if ndim else 1, n_out,
-                                         wt is not None, idx_arr is not None)
+            # one block's super-row; a merged piece repeats it, shifted `step` per block
+            inner1, tmpl1 = _templates(run, spatial, folded, g, last, xp, idx_dtype, scale,
+                                       n_out, wt is not None, idx_arr is not None)
+            for piece in run.merged(blocks):
+                joined = piece.joined
+                inner, tmpl = None, tmpl1
+                if inner1 is not None:
+                    shift = np.arange(joined, dtype=np.int64) * (run.step * scale)
+                    inner = xp.asarray((shift[:, None] + inner1[None, :]).ravel()
+                                       .astype(idx_dtype))
+                if joined > 1 and tmpl1 is not None:
+                    tmpl = xp.tile(tmpl1, (1, joined) if tmpl1.ndim == 2 else joined)
                 row_len = cout_g * mprod * piece.entries  # one super-row (one row channel)
                 outer_last = ((piece.base0 + np.arange(piece.count, dtype=np.int64)
                                * piece.step) * out_stride[-1] * scale)
@@ -239,20 +247,19 @@ def build_transposed_csr_arrays(
 
 
 def _templates(piece: TransposedRun, spatial: np.ndarray, folded: Any, g: ConvGeometry,
-               last: bool, xp: ModuleType, idx_dtype: np.dtype, scale: int, unit: int,
+               last: bool, xp: ModuleType, idx_dtype: np.dtype, scale: int,
                n_out: int, with_data: bool, with_indices: bool) -> tuple[Any, Any]:
-    """The super-row of a last-axis block: its columns ``inner`` and values ``tmpl``.
+    """The super-row of a last-axis block: its columns ``inner`` (host) and values ``tmpl``.
 
     Channels first: ``[phi][c_out][r_1..r_{D-1}][r_D]`` (values per row channel,
     ``(C_in, L)``); channels last ``[phi][c_in][r_1..r_D][c_out]`` (one row of ``L``).
     """
     cout_g, cin_g = g.out_channels // g.groups, g.in_channels // g.groups
     cols, vals = [], []
-    folds: dict[int, Any] = {}
     for row in piece.rows:
         if row.m == 0:
             continue
-        sp = np.add.outer(spatial, row.offsets * unit) * scale  # (m_1..m_{D-1}, m_D)
+        sp = np.add.outer(spatial, row.offsets) * scale  # (m_1..m_{D-1}, m_D)
         if with_indices:
             if last:  # (c_in, r..., c_out): p*C_out + group*cout_g + c_out
                 chan = ((np.arange(g.in_channels) // cin_g) * cout_g)
@@ -263,15 +270,11 @@ def _templates(piece: TransposedRun, spatial: np.ndarray, folded: Any, g: ConvGe
                     (-1,) + (1,) * sp.ndim) + sp[None]
             cols.append(c.ravel())
         if with_data:
-            key = id(row.first)  # rows of merged blocks share their taps
-            f = folds.get(key)
-            if f is None:
-                f = row.fold(folded, folded.ndim - 1, xp)
-                folds[key] = f
+            f = row.fold(folded, folded.ndim - 1, xp)
             if last:
                 f = xp.moveaxis(f, 1, -1)
             vals.append(f.reshape(g.in_channels, -1))
-    inner = xp.asarray(np.concatenate(cols).astype(idx_dtype)) if with_indices else None
+    inner = np.concatenate(cols) if with_indices else None  # host int64
     tmpl = None
     if with_data:
         if last:  # [phi][c_in][...]: each row's values whole, one after another

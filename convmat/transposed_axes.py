@@ -71,7 +71,8 @@ class TransposedRun:
 
     Block ``j`` holds rows ``start + j*width + phi``; row ``phi`` reads the output positions
     ``base0 + j*step + rows[phi].offsets``. ``prefix0`` entries of the axis precede the
-    run and each block holds ``entries`` of them.
+    run and each block holds ``entries`` of them. (A run of ``joined`` blocks, see
+    :meth:`merged`, keeps the rows of one original block.)
     """
 
     start: int
@@ -82,6 +83,12 @@ class TransposedRun:
     prefix0: int
     entries: int
     rows: tuple[TransposedRow, ...]
+    #: Original blocks joined into one (:meth:`merged`): a block is then ``joined`` times
+    #: ``rows``, the ``b``-th time shifted by ``b * step / joined`` positions.
+    joined: int = 1
+    #: Merged forms of the run, by blocks (see :meth:`merged`).
+    cache: dict[int, list[TransposedRun]] = dataclasses.field(default_factory=dict,
+                                                               repr=False)
 
     def phases(self) -> list[TransposedRun]:
         """The run as ``width`` runs of one row per block (for the axes before the last)."""
@@ -93,20 +100,33 @@ class TransposedRun:
         return out
 
     def merged(self, blocks: int) -> list[TransposedRun]:
-        """The run with ``blocks`` consecutive blocks as one (and the remainder)."""
-        full = self.count // blocks
-        if blocks <= 1 or full == 0:
+        """The run with up to ``blocks`` consecutive blocks as one block.
+
+        The blocks are split evenly (``ceil(count / blocks)`` pieces), and a remainder is
+        one block of its own: no short super-rows are left over. Cached per ``blocks``
+        (the plans are shared, and the same run is merged for every head of a build).
+        """
+        blocks = min(blocks, self.count)
+        if blocks <= 1:
             return [self]
-        rows = tuple(row.shifted(b * self.step) for b in range(blocks) for row in self.rows)
-        out = [TransposedRun(self.start, self.width * blocks, full, self.base0,
-                             self.step * blocks, self.prefix0, self.entries * blocks, rows)]
-        rest = self.count - full * blocks
+        done = self.cache.get(blocks)
+        if done is not None:
+            return done
+        even = -(-self.count // -(-self.count // blocks))  # even pieces
+        full = self.count // even
+        out = [self._joined(0, even, full)]
+        rest = self.count - full * even
         if rest:
-            out.append(TransposedRun(self.start + full * blocks * self.width, self.width,
-                                     rest, self.base0 + full * blocks * self.step, self.step,
-                                     self.prefix0 + full * blocks * self.entries,
-                                     self.entries, self.rows))
+            out.append(self._joined(full * even, rest, 1))
+        self.cache[blocks] = out
         return out
+
+    def _joined(self, first: int, blocks: int, count: int) -> TransposedRun:
+        """``count`` blocks of ``blocks`` consecutive blocks, from block ``first``."""
+        return TransposedRun(self.start + first * self.width, self.width * blocks, count,
+                             self.base0 + first * self.step, self.step * blocks,
+                             self.prefix0 + first * self.entries, self.entries * blocks,
+                             self.rows, blocks)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
