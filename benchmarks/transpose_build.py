@@ -12,8 +12,10 @@ padding mode; ``ConvGeometry.adjoint`` is None):
 * peak traced memory (tracemalloc) of each, as a multiple of the CSR's bytes.
 
 Run: ``python benchmarks/transpose_build.py [--quick] [--repeats N]``. Timings are medians
-over repeats, default threads (``convmat.indices.default_threads``); this machine is
-shared, so read ratios rather than absolute numbers.
+over rounds that run the three builds one after another (interleaved, so that they see the
+same drift of the machine), default threads (``convmat.indices.default_threads``); this
+machine is shared and its page faults are noisy, so read ratios rather than absolute
+numbers, and expect a ratio to move by a few tenths between runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import functools
 import gc
 import platform
+import statistics
 import sys
 import tracemalloc
 from pathlib import Path
@@ -81,11 +84,14 @@ def old_conversion(forward, weight):
 
 def run(cases, repeats: int) -> str:
     threads = default_threads()
+    root = Path(__file__).resolve().parent.parent
+    here = (" (this checkout)" if Path(convmat.__file__).resolve().parent.parent == root
+            else f" ({Path(convmat.__file__).parent})")
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {threads} build threads; "
         f"Python {sys.version.split()[0]}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
-        f"convmat {convmat.__version__} ({Path(convmat.__file__).parent}). float32 weights; "
-        f"medians of {repeats} runs.",
+        f"convmat {convmat.__version__}{here}. float32 weights; medians of {repeats} "
+        "interleaved rounds.",
         "",
         "| transposed conv | nnz | CSR | forward W | direct W.T | direct / forward | "
         "old (W, then .T.tocsr()) | old / direct | peak / CSR: forward | direct | old |",
@@ -105,9 +111,10 @@ def run(cases, repeats: int) -> str:
         assert all(np.array_equal(getattr(got, a), getattr(ref, a))
                    for a in ("indptr", "indices", "data")), name
         del got, ref
-        t_fwd = median_time(fwd, repeats)
-        t_direct = median_time(direct, repeats)
-        t_old = median_time(old, repeats)
+        # interleaved rounds: the machine's state (free pages, other load) drifts, and all
+        # three should see the same drift
+        rounds = [[median_time(f, 1) for f in (fwd, direct, old)] for _ in range(repeats)]
+        t_fwd, t_direct, t_old = (statistics.median(r[i] for r in rounds) for i in range(3))
         peaks = [peak_ratio(f, g.nbytes) for f in (fwd, direct, old)]
         line = (f"| {name} | {g.nnz / 1e6:.1f} M | {g.nbytes / 2**20:,.0f} MiB | "
                 f"{t_fwd:.3f} s | {t_direct:.3f} s | {t_direct / t_fwd:.2f} | "
