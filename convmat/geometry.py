@@ -33,6 +33,7 @@ from .arguments import (
 from .axes import PADDING_MAPS, TABLE_ENTRIES, AxisMap, AxisPlan, AxisRun, axis_plan
 from .backend import format_bytes
 from .sizes import conv_output_size, conv_transpose_output_size, dilated_kernel_size
+from .transposed_axes import PLAN_PAIR_BYTES, TransposedPlan, transposed_axis_plan
 
 __all__ = [
     "INDEX_LIMIT",
@@ -67,6 +68,9 @@ LAYOUT_PIECES = 8
 LAYOUT_PIECE_ENTRIES = 1 << 20
 LAYOUT_BLOCK = 1 << 18
 LAYOUT_THREADS = 8
+#: Rows of one slab's first-column table at most, in the direct ``W.T`` build
+#: (:mod:`convmat.transposed`; counted by :attr:`ConvGeometry.transposed_workspace_bytes`).
+TASK_ROWS = 1 << 16
 #: Index arrays are int32 when ``max(rows, cols, nnz) < INDEX_LIMIT``, else int64.
 #: A module constant so that tests can lower it and exercise the int64 path cheaply.
 INDEX_LIMIT = 2**31
@@ -231,6 +235,20 @@ class ConvGeometry:
             )
         )
 
+    @functools.cached_property
+    def transposed_axis_plans(self) -> tuple[TransposedPlan, ...]:
+        """Per-axis plans of the transposed matrix ``S.T`` (see :mod:`convmat.transposed_axes`).
+
+        Describe the forward matrix's axes whatever ``transposed`` says.
+        """
+        return tuple(
+            transposed_axis_plan(AxisMap(n, k, s, d, lo, self.padding_mode), o)
+            for n, k, s, d, (lo, _), o in zip(
+                self.input_size, self.kernel_size, self.stride, self.dilation,
+                self.padding, self.output_size, strict=True,
+            )
+        )
+
     @property
     def nnz_per_channel(self) -> int:
         """Stored entries in the rows of one output channel."""
@@ -268,15 +286,15 @@ class ConvGeometry:
         """Upper bound of the memory the build holds at its peak.
 
         The matrix is written in place (CSR plus :attr:`workspace_bytes`, plus
-        :attr:`layout_bytes` channels last). A transposed matrix is written directly when
-        ``W.T`` is itself a convolution (stride 1, zero padding); otherwise it is converted
-        from the forward CSR, so both are alive at once.
+        :attr:`layout_bytes` channels last). A transposed matrix is written directly too:
+        as the adjoint convolution when ``W.T`` is itself one (stride 1, zero padding),
+        otherwise from the per-axis transposed plans (:mod:`convmat.transposed`, CSR plus
+        :attr:`transposed_workspace_bytes`, in either layout).
         """
         if self.transposed:
             adjoint = self.adjoint
             if adjoint is None:
-                return (self._csr_bytes(self.conv_shape[0]) + self.workspace_bytes
-                        + self.layout_bytes + self.conversion_bytes)
+                return self.nbytes + self.transposed_workspace_bytes
             # built as the adjoint convolution, from the flipped weight
             weight = self.out_channels * self.in_channels // self.groups * math.prod(
                 self.kernel_size) * self.itemsize
@@ -350,13 +368,53 @@ class ConvGeometry:
         return piece + channel + block
 
     @property
-    def conversion_bytes(self) -> int:
-        """Bytes that converting the forward CSR into the CSR of its transpose allocates.
+    def transposed_workspace_bytes(self) -> int:
+        """Upper bound of the temporaries of a direct ``W.T`` build beside its CSR arrays.
 
-        The transposed CSR and SciPy's counters (``csr_tocsc`` keeps one index per column).
+        Planning each axis (its ``out*k`` taps tabulated and sorted, one axis at a time) and
+        the plans kept; the row lengths (the counts of each axis and one plane of them); the
+        weight with its channels swapped and folded along the axes before the last; one
+        box's super-row (its columns and the values of every row channel, short super-rows
+        merged up to ``BLOCKED_ROW`` entries) plus the pending boxes' (at most
+        ``BATCH_BYTES``, and no more than the entries they write); and the first columns of
+        the rows of the slabs in flight (at most ``TASK_ROWS`` rows each, 8 threads).
+        Describes the forward matrix's transpose whatever ``transposed`` says.
         """
-        rows, cols = self.conv_shape
-        return self._csr_bytes(cols) + (max(rows, cols) + 1) * self.index_dtype.itemsize
+        g = self.T if self.transposed else self
+        plans = g.transposed_axis_plans
+        idx, item = g.index_dtype.itemsize, g.itemsize
+        c_rows, cout_g = g.in_channels, g.out_channels // g.groups
+        # a border segment's taps (sorted, with their rows) and its rows' counters, the
+        # counts of every row (twice while joined), and one chunk of the table
+        planning = max(PLAN_PAIR_BYTES * p.tabulated + 96 * p.border + 16 * len(p.counts)
+                       for p in plans)
+        planning += 40 * min(TABLE_ENTRIES, max(o * k for o, k in zip(
+            g.output_size, g.kernel_size, strict=True)))
+        kept = sum(sum(640 * len(r.rows) + 48 * r.entries for r in p.runs) for p in plans)
+        rows = c_rows * math.prod(g.input_size)
+        rest = math.prod(g.input_size[1:])
+        indptr = (sum(g.input_size) + 3 * rest) * idx + min(INDPTR_BLOCK, rows) * 16
+        head = math.prod(p.widest for p in plans[:-1])
+        weight = g.out_channels * (c_rows // g.groups) * math.prod(self.kernel_size) * item
+        folded = 3 * c_rows * cout_g * math.prod(
+            max(p.widest, k) for p, k in zip(plans, g.kernel_size, strict=True)) * item
+        row = cout_g * head * plans[-1].widest_block * (c_rows if g.permuted else 1)
+        # merged short super-rows stay below BLOCKED_ROW + SHORT_ROW; a super-row holds at
+        # most the entries of one row channel (channels last: of every channel)
+        row = min(max(row, 2048 + 512), g.nnz if g.permuted else g.nnz // c_rows)
+        one = row * (idx + 40) + (1 if g.permuted else c_rows) * row * 3 * item
+        # the templates of every box together: a block's entries per phase on the axes
+        # before the last, merged blocks (and a remainder) on the last, per row channel
+        boxes = 2 * len(plans[-1].runs) * math.prod(sum(len(r.rows) for r in p.runs)
+                                                    for p in plans[:-1])
+        merged = sum(min(r.count, 2048 // max(1, r.entries) + 1) * r.entries * 2
+                     for r in plans[-1].runs)
+        every = c_rows * cout_g * math.prod(sum(r.entries for r in p.runs)
+                                            for p in plans[:-1]) * merged * (item + idx)
+        pending = min(BATCH_BYTES, boxes * BOX_OVERHEAD + min(
+            every, g.nnz * (item + idx + 8)))
+        slabs = min(8 * TASK_ROWS, rows) * (3 * idx + 16)  # in flight: distinct rows
+        return planning + kept + indptr + 2 * weight + folded + one + pending + slabs
 
     @property
     def workspace_bytes(self) -> int:

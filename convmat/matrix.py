@@ -13,6 +13,7 @@ from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .guard import check_memory
 from .indices import build_csr_arrays
 from .structured import StructuredConv, check_method, check_structured, choose_method
+from .transposed import build_transposed_csr_arrays
 
 __all__ = [
     "adjoint_weight",
@@ -95,9 +96,13 @@ def assemble(geometry: ConvGeometry, weight: Any, xp: ModuleType,
         if adjoint is not None:  # W.T is itself a convolution: write it directly
             flipped = adjoint_weight(forward, weight, xp)
             data, indices, indptr = build_csr_arrays(adjoint, flipped, xp, threads=threads)
-            return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
+            return from_arrays(adjoint, data, indices, indptr, xp)
+        # otherwise from the per-axis transposed plans, straight into W.T's CSR
+        data, indices, indptr = build_transposed_csr_arrays(forward, weight, xp,
+                                                            threads=threads)
+        return from_arrays(forward, data, indices, indptr, xp, transposed=True)
     data, indices, indptr = build_csr_arrays(forward, weight, xp, threads=threads)
-    return from_arrays(forward, data, indices, indptr, xp, transposed=geometry.transposed)
+    return from_arrays(forward, data, indices, indptr, xp)
 
 
 def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
@@ -112,25 +117,16 @@ def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
 
 
 def from_arrays(forward: ConvGeometry, data: Any, indices: Any, indptr: Any, xp: ModuleType,
-                *, transposed: bool) -> Any:
-    """Wrap CSR arrays of the forward matrix; transpose to CSR when asked."""
-    container = csr_container(xp)
-    w = container((data, indices, indptr), shape=forward.conv_shape, copy=False)
+                *, transposed: bool = False) -> Any:
+    """Wrap canonical CSR arrays of the forward matrix (``transposed``: of its transpose).
+
+    No conversion: the arrays are the matrix's own (sorted within rows, no duplicates).
+    """
+    shape = forward.conv_shape[::-1] if transposed else forward.conv_shape
+    w = csr_container(xp)((data, indices, indptr), shape=shape, copy=False)
     w.has_sorted_indices = True
     w.has_canonical_format = True
-    if not transposed:
-        return w
-    wt = w.T.tocsr()
-    del w
-    if wt.indices.dtype != forward.index_dtype:  # only when tests lower INDEX_LIMIT
-        wt = container(
-            (wt.data, wt.indices.astype(forward.index_dtype),
-             wt.indptr.astype(forward.index_dtype)),
-            shape=wt.shape, copy=False,
-        )
-    wt.has_sorted_indices = True
-    wt.has_canonical_format = True
-    return wt
+    return w
 
 
 def conv_matrix(

@@ -35,6 +35,7 @@ from .matrix import (
 )
 from .products import RowBlocks
 from .structured import StructuredConv, check_method, check_structured, choose_method
+from .transposed import build_transposed_csr_arrays
 
 __all__ = ["ConvOperator", "gradient_operator"]
 
@@ -520,7 +521,8 @@ class ConvOperator(GeometryShapes, MatrixOperator):
         ``W`` itself when ``W^H == W`` (a symmetric kernel with symmetric padding: treat the
         result as read-only); written directly by the builder when ``W^H`` is a convolution
         (stride 1, zero padding: the flipped kernel, see ``ConvGeometry.adjoint``); the
-        forward CSR when this operator is an adjoint; otherwise converted from ``W``.
+        forward CSR when this operator is an adjoint; otherwise written directly from the
+        per-axis transposed plans (:mod:`convmat.transposed`), no conversion of ``W``.
         Sparse products with it run at the speed of ``W @ x``, which a CSC view does not
         always. What it allocates is checked against ``max_bytes`` first (default: half
         of the available memory), as for a build.
@@ -544,14 +546,12 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             return w.conj() if conj else w
         adjoint = forward.adjoint
         weight = conv_weight(forward, core.weight)
-        if adjoint is None:
-            unbuilt = 0 if core.csr is not None else forward.peak_bytes  # W is built first
-            check_memory(forward.T, max_bytes, xp=xp, what="W^H",
-                         peak=forward.conversion_bytes + unbuilt)
-            wh = core.matrix().T.tocsr()
-            if conj:  # in place: W.conj().T would copy the data once more
-                xp.conjugate(wh.data, out=wh.data)
-            return wh
+        if adjoint is None:  # written directly from the transposed plans, no conversion
+            check_memory(forward.T, max_bytes, xp=xp, what="W^H")
+            if conj:  # conj of a sum of taps is the sum of their conj: exact
+                weight = weight.conj()
+            data, indices, indptr = build_transposed_csr_arrays(forward, weight, xp)
+            return from_arrays(forward, data, indices, indptr, xp, transposed=True)
         flipped = adjoint_weight(forward, weight, xp)
         if conj:
             flipped = flipped.conj()
@@ -560,7 +560,7 @@ class ConvOperator(GeometryShapes, MatrixOperator):
             return core.matrix()  # W^H == W (a symmetric kernel, symmetric padding)
         check_memory(adjoint, max_bytes, xp=xp, what="W^H")
         data, indices, indptr = build_csr_arrays(adjoint, flipped, xp)
-        return from_arrays(adjoint, data, indices, indptr, xp, transposed=False)
+        return from_arrays(adjoint, data, indices, indptr, xp)
 
     # ---------------------------------------------------------------- display
     #: Largest matrix (stored entries) that gets a pattern thumbnail in ``_repr_html_``.

@@ -66,9 +66,9 @@ def test_mypy():
 #: The modules in the order of the flow: each may import only modules before it
 #: (geometry -> indices -> matrix -> operators -> solvers), and the leaves come last (the
 #: command line may plot with viz; nothing in the flow imports a leaf).
-FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "guard", "csr",
-        "geometry", "indices", "products", "structured", "matrix", "algebra", "operator",
-        "separable", "layers", "result", "krylov", "system", "solvers"]
+FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "transposed_axes",
+        "guard", "csr", "geometry", "indices", "transposed", "products", "structured", "matrix",
+        "algebra", "operator", "separable", "layers", "result", "krylov", "system", "solvers"]
 LEAVES = ["viz", "petsc", "cli", "__main__"]
 
 
