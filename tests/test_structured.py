@@ -420,3 +420,17 @@ def test_the_csr_path_splits_rows_over_threads(monkeypatch, dtype):
         got = np.asarray(got).reshape(want.shape)
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def test_calibrate_measures_every_constant(monkeypatch):
+    """``calibrate`` replaces each rate with a measured, finite, positive one."""
+    monkeypatch.setattr(structured, "COSTS", dict(structured.COSTS))
+    before = dict(structured.COSTS)
+    for key in ("csr_read", "copy", "gemm", "fft"):
+        structured.COSTS[key] = -1.0
+    got = structured.calibrate(seconds=0.05)
+    assert got == structured.COSTS
+    for key in ("csr_read", "copy", "gemm", "fft"):
+        assert math.isfinite(got[key]) and got[key] > 0, key
+    for key in ("call_csr", "call_direct", "call_fft"):  # fixed, not measured
+        assert got[key] == before[key]
