@@ -474,7 +474,7 @@ class ConvGeometry:
         ``hi' = n - out + lo`` (so that its output is the forward input ``n``); it exists
         when both are >= 0. Strided or mode-padded convolutions have none (None). Describes
         the forward matrix whatever ``transposed`` says. Its weight is
-        ``convmat.matrix.adjoint_weight`` of the weight the builder reads (already flipped
+        ``convmat.structured.adjoint_weight`` of the weight the builder reads (already flipped
         when ``flip``), so the adjoint has ``flip=False``; it keeps the layout.
         """
         if self.padding_mode != "zeros" or any(s != 1 for s in self.stride):

@@ -12,7 +12,13 @@ from .backend import array_namespace, csr_container, refuse_masked, same_backend
 from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
 from .guard import check_memory
 from .indices import build_csr_arrays
-from .structured import StructuredConv, check_method, check_structured, choose_method
+from .structured import (
+    StructuredConv,
+    adjoint_weight,
+    check_method,
+    check_structured,
+    choose_method,
+)
 from .transposed import build_transposed_csr_arrays
 
 __all__ = [
@@ -103,17 +109,6 @@ def assemble(geometry: ConvGeometry, weight: Any, xp: ModuleType,
         return from_arrays(forward, data, indices, indptr, xp, transposed=True)
     data, indices, indptr = build_csr_arrays(forward, weight, xp, threads=threads)
     return from_arrays(forward, data, indices, indptr, xp)
-
-
-def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
-    """Weight of ``forward.adjoint``: channels swapped per group, kernel flipped."""
-    g = forward
-    groups, cout_g, cin_g = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
-    k = g.kernel_size
-    w = weight.reshape(groups, cout_g, cin_g, *k)
-    w = xp.swapaxes(w, 1, 2).reshape(g.in_channels, cout_g, *k)
-    w = xp.flip(w, axis=tuple(range(2, 2 + len(k))))
-    return xp.ascontiguousarray(w)
 
 
 def from_arrays(forward: ConvGeometry, data: Any, indices: Any, indptr: Any, xp: ModuleType,

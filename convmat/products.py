@@ -3,7 +3,8 @@
 :class:`RowBlocks` applies a CSR matrix with its rows split over convmat's thread pool (the
 products ``W @ x`` and ``W^H @ u`` are most of an iteration's cost), :func:`one_blas_thread`
 holds BLAS to one thread around the vector work (multi-threaded BLAS on short vectors costs
-more than it saves), and :func:`progress_bar` makes the optional tqdm bar.
+more than it saves), :func:`blas_threads` gives the threads back to the GEMMs of structured
+products inside a solve, and :func:`progress_bar` makes the optional tqdm bar.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .indices import thread_pool
 
-__all__ = ["PARALLEL_MIN_NNZ", "RowBlocks", "one_blas_thread", "progress_bar"]
+__all__ = ["PARALLEL_MIN_NNZ", "RowBlocks", "blas_threads", "one_blas_thread", "progress_bar"]
 
 #: Below this many stored entries a product runs on the calling thread only.
 PARALLEL_MIN_NNZ = 1 << 20
@@ -94,11 +95,10 @@ class RowBlocks:
 _BLAS: list[Any] = []
 
 
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Hold BLAS to one thread (``threadpoolctl``, if installed) during a solve.
+def _blas_controller() -> Any:
+    """The ``threadpoolctl`` controller (None without it), made once per process.
 
-    The controller (which scans the loaded libraries, ~2 ms) is made once per process.
+    Making it scans the loaded libraries (~2 ms).
     """
     if not _BLAS:
         try:
@@ -107,12 +107,23 @@ def one_blas_thread() -> Iterator[None]:
             _BLAS.append(None)
         else:
             _BLAS.append(ThreadpoolController())
-    controller = _BLAS[0]
+    return _BLAS[0]
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Hold BLAS to ``n`` threads (``threadpoolctl``, if installed) inside the block."""
+    controller = _blas_controller()
     if controller is None:
         yield
         return
-    with controller.limit(limits=1, user_api="blas"):
+    with controller.limit(limits=n, user_api="blas"):
         yield
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[None]:
+    """Hold BLAS to one thread during a solve's vector work (:func:`blas_threads`)."""
+    return blas_threads(1)
 
 
 def progress_bar(progress: bool, total: int, desc: str) -> Any:

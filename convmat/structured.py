@@ -54,7 +54,8 @@ from .backend import ConvMatrixTooLarge, format_bytes, memory_limit
 from .geometry import ConvGeometry
 from .indices import default_threads
 
-__all__ = ["COSTS", "METHODS", "TILE_BYTES", "AxisPad", "StructuredConv", "calibrate",
+__all__ = ["COSTS", "METHODS", "TILE_BYTES", "AxisPad", "StructuredConv", "adjoint_weight",
+           "calibrate",
            "axis_pads", "check_method", "check_structured", "choose_method", "estimate_costs",
            "structured_bytes"]
 
@@ -62,7 +63,7 @@ __all__ = ["COSTS", "METHODS", "TILE_BYTES", "AxisPad", "StructuredConv", "calib
 METHODS = ("csr", "direct", "fft")
 #: Bytes of im2col columns formed at once by the direct path (a tile of samples, or of
 #: rows of the first output axis when one sample's columns are larger).
-TILE_BYTES = 1 << 26
+TILE_BYTES = 1 << 24
 
 #: The cost model's constants (per thread where it matters), measured on the reference
 #: 2-core machine (``benchmarks/products.py`` prints the model's error): reading a CSR
@@ -75,6 +76,17 @@ COSTS = {"csr_read": 7.5e9, "copy": 6e9, "gemm": 45e9, "fft": 1.7e-9,
 #: A structured workspace below this many bytes is not checked against the available
 #: memory (reading it costs more than such a product) unless ``max_bytes`` is given.
 SMALL_WORKSPACE = 1 << 26
+
+
+def adjoint_weight(forward: ConvGeometry, weight: Any, xp: ModuleType) -> Any:
+    """Weight of ``forward.adjoint``: channels swapped per group, kernel flipped."""
+    g = forward
+    groups, cout_g, cin_g = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+    k = g.kernel_size
+    w = weight.reshape(groups, cout_g, cin_g, *k)
+    w = xp.swapaxes(w, 1, 2).reshape(g.in_channels, cout_g, *k)
+    w = xp.flip(w, axis=tuple(range(2, 2 + len(k))))
+    return xp.ascontiguousarray(w)
 
 
 def check_method(method: str) -> str:
@@ -175,6 +187,7 @@ class StructuredConv:
         self.axes = axis_pads(g)
         self._weights: dict[str, Any] = {}
         self._spectra: dict[tuple[Any, ...], Any] = {}
+        self._adjoint: StructuredConv | None = None
         self.threads = default_threads()
 
     # ---------------------------------------------------------------- shared parts
@@ -279,11 +292,25 @@ class StructuredConv:
         """``W^H @ y`` (``W^T @ y`` with ``conjugate=False``) for ``y`` ``(N, C_out, *out)``."""
         dtype = np.result_type(self.weight.dtype, y.dtype)
         conjugate = conjugate and dtype.kind == "c"
+        if method == "direct" and self.geometry.adjoint is not None:
+            # stride 1, zero padding: W^T is a convolution (the flipped kernel), whose
+            # im2col and GEMM beat the GEMM and the overlap-add of the columns
+            return self._adjoint_plan().forward(y, method, conjugate=conjugate)
         if method == "fft":
             buf = self._fft_adjoint(y, dtype, conjugate)
         else:
             buf = self._direct_adjoint(y, dtype, conjugate)
         return self._fold(buf)
+
+    def _adjoint_plan(self) -> StructuredConv:
+        """The forward plan of ``geometry.adjoint`` (made once)."""
+        if self._adjoint is None:
+            g = self.geometry
+            adjoint = g.adjoint
+            assert adjoint is not None
+            self._adjoint = StructuredConv(adjoint, adjoint_weight(g, self.weight, self.xp),
+                                           self.xp)
+        return self._adjoint
 
     # ---------------------------------------------------------------- direct
     def _direct_forward(self, buf: Any, dtype: np.dtype, conjugate: bool) -> Any:

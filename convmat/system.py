@@ -20,7 +20,7 @@ from .backend import linear_operator_class, same_backend, to_gpu
 from .csr import as_csr
 from .indices import default_threads
 from .operator import ConvOperator, gradient_operator
-from .products import RowBlocks
+from .products import RowBlocks, blas_threads
 
 __all__ = ["FlatProducts", "StackedSystem", "linear_operator", "resolve_regularizer",
            "spatial_axes"]
@@ -132,14 +132,20 @@ def _adjoint_of(reg: Any) -> Any:
 
 
 class FlatProducts:
-    """``op`` applied to flat vectors by ``@`` (a composition, applied part by part)."""
+    """``op`` applied to flat vectors by ``@`` (a composition, applied part by part).
+
+    The solvers hold BLAS to one thread around their vector work; the products get the
+    machine's threads back (the GEMMs of structured products, the FFT's channel sums).
+    """
 
     def __init__(self, op: Operator) -> None:
         self.op = op
         self.shape = op.shape
+        self.threads = default_threads()
 
     def __matmul__(self, x: Any) -> Any:
-        return self.op._flat(x)
+        with blas_threads(self.threads):
+            return self.op._flat(x)
 
 
 def spatial_axes(op: Operator) -> int:

@@ -1,4 +1,4 @@
-"""README's runnable examples run as written (the intro and "Operators that compose")."""
+"""README's runnable examples run as written (the intro, "Operators that compose", the paths)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: Sections whose ```python blocks are complete programs (the others show fragments with the
 #: user's own data: a PSF, an image, a PETSc session).
-RUNNABLE = ("# convmat", "## Operators that compose")
+RUNNABLE = ("# convmat", "## Operators that compose", "## Applying W: the CSR, a GEMM or an FFT")
 
 
 def runnable_blocks():

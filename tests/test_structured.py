@@ -434,3 +434,25 @@ def test_calibrate_measures_every_constant(monkeypatch):
         assert math.isfinite(got[key]) and got[key] > 0, key
     for key in ("call_csr", "call_direct", "call_fft"):  # fixed, not measured
         assert got[key] == before[key]
+
+
+def test_solver_products_get_the_blas_threads_back(monkeypatch):
+    """``deconvolve`` holds BLAS to one thread for its vector work, not for the GEMMs."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+    flat = convmat.ConvOperator._flat
+
+    def spy(self, x):
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                     if i["user_api"] == "blas"})
+        return flat(self, x)
+
+    monkeypatch.setattr(convmat.ConvOperator, "_flat", spy)
+    monkeypatch.setattr(convmat.system, "default_threads", lambda: 3)
+    rng = np.random.default_rng(8)
+    op = convmat.ConvOperator(rng.standard_normal((4, 4, 3, 3)), (4, 10, 10), padding=1,
+                              method="direct")
+    y = op @ rng.standard_normal((4, 10, 10))
+    seen.clear()
+    convmat.deconvolve(y, op, maxiter=3)
+    assert seen and all(s == {3} for s in seen), seen
