@@ -283,10 +283,14 @@ class StructuredConv:
         """``W @ x`` (``conj(W) @ x``) for a batch ``x`` ``(N, C_in, *n)``: ``(N, C_out, *out)``."""
         dtype = np.result_type(self.weight.dtype, x.dtype)
         conjugate = conjugate and dtype.kind == "c"
-        buf = self._pad(x, dtype)
         if method == "fft":
-            return self._fft_forward(buf, dtype, conjugate)
-        return self._direct_forward(buf, dtype, conjugate)
+            step = self._fft_samples(dtype)
+            if x.shape[0] > step:  # spectra of a few samples at a time stay in cache
+                return self.xp.concatenate([self.forward(x[n:n + step], method,
+                                                         conjugate=conjugate)
+                                            for n in range(0, x.shape[0], step)])
+            return self._fft_forward(self._pad(x, dtype), dtype, conjugate)
+        return self._direct_forward(self._pad(x, dtype), dtype, conjugate)
 
     def adjoint(self, y: Any, method: str, *, conjugate: bool = True) -> Any:
         """``W^H @ y`` (``W^T @ y`` with ``conjugate=False``) for ``y`` ``(N, C_out, *out)``."""
@@ -296,6 +300,11 @@ class StructuredConv:
             # stride 1, zero padding: W^T is a convolution (the flipped kernel), whose
             # im2col and GEMM beat the GEMM and the overlap-add of the columns
             return self._adjoint_plan().forward(y, method, conjugate=conjugate)
+        if method == "fft" and y.shape[0] > self._fft_samples(dtype):
+            step = self._fft_samples(dtype)
+            return self.xp.concatenate([self.adjoint(y[n:n + step], method,
+                                                     conjugate=conjugate)
+                                        for n in range(0, y.shape[0], step)])
         if method == "fft":
             buf = self._fft_adjoint(y, dtype, conjugate)
         else:
@@ -365,6 +374,14 @@ class StructuredConv:
         real = dtype.kind != "c"
         return tuple(fast(a.span, real=real) for a in self.axes)
 
+    def _fft_samples(self, dtype: np.dtype) -> int:
+        """Samples transformed at once: their spectra within :data:`TILE_BYTES`."""
+        g = self.geometry
+        citem = dtype.itemsize * (1 if dtype.kind == "c" else 2)
+        per_sample = (g.in_channels + g.out_channels) * math.prod(
+            a.span for a in self.axes) * citem
+        return max(1, TILE_BYTES // max(per_sample, 1))
+
     def _spectrum(self, dtype: np.dtype, adjoint: bool, conjugate: bool) -> Any:
         """FFT of the dilated kernel, frequency-major for :meth:`_contract`.
 
@@ -418,10 +435,11 @@ class StructuredConv:
         G = g.groups
         batch, freq = a.shape[0], a.shape[2:]
         p, m = spec.shape[2], spec.shape[3]
+        F = math.prod(freq)  # explicit: -1 cannot be inferred for an empty batch
         if p == 1 and m == 1:  # one channel per group: a pointwise product
-            out = a.reshape(batch, G, -1) * spec.reshape(G, -1)
+            out = a.reshape(batch, G, F) * spec.reshape(G, F)
         else:
-            cols = xp.ascontiguousarray(a.reshape(batch, G, m, -1).transpose(1, 3, 2, 0))
+            cols = xp.ascontiguousarray(a.reshape(batch, G, m, F).transpose(1, 3, 2, 0))
             out = xp.matmul(spec, cols)  # (G, F, p, N)
             out = xp.ascontiguousarray(out.transpose(3, 0, 2, 1))
         return out.reshape(batch, G * p, *freq)
@@ -478,8 +496,9 @@ def structured_bytes(geometry: ConvGeometry, method: str, batch: int = 1,
     """Peak bytes a product allocates on ``method``'s path for a batch (beside ``x``).
 
     ``csr``: the output only (``W`` itself is counted by its build). ``direct``: the padded
-    buffer, one tile of columns, the GEMM's tile and the output. ``fft``: the buffer, the
-    spectra of the input and of the kernel, the product's spectrum and the inverse FFT.
+    buffer, one tile of columns, the GEMM's tile and the output. ``fft``: per chunk of
+    samples, the buffer, the spectra of the input and of the kernel, the product's spectrum
+    and the inverse FFT; the chunks' outputs and the joined output.
     """
     g = geometry
     dt = np.dtype(g.dtype if dtype is None else dtype)
@@ -500,9 +519,15 @@ def structured_bytes(geometry: ConvGeometry, method: str, batch: int = 1,
         return buf + 2 * tile + gemm + n_out * item
     freq = math.prod(a.span for a in pads)  # ~ the FFT length (next_fast_len adds a little)
     freq = math.ceil(freq * 1.25)
-    spectra = batch * (g.in_channels + 2 * g.out_channels) * freq * citem
+    # the batch is transformed a few samples at a time (StructuredConv._fft_samples), each
+    # chunk's output kept until the chunks are joined
+    per_sample = (g.in_channels + g.out_channels) * math.prod(a.span for a in pads) * citem
+    chunk = min(batch, max(1, TILE_BYTES // max(per_sample, 1)))
+    spectra = chunk * (g.in_channels + 2 * g.out_channels) * freq * citem
     kernel = g.out_channels * (g.in_channels // g.groups) * freq * citem * 2
-    return max(buf, n_in * item) + spectra + kernel + n_out * item
+    joined = n_out * item if chunk < batch else 0
+    return (max(buf, n_in * item) // max(batch, 1) * chunk + spectra + kernel
+            + n_out * item + joined)
 
 
 def estimate_costs(geometry: ConvGeometry, batch: int = 1, *, threads: int | None = None,

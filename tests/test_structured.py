@@ -456,3 +456,23 @@ def test_solver_products_get_the_blas_threads_back(monkeypatch):
     seen.clear()
     convmat.deconvolve(y, op, maxiter=3)
     assert seen and all(s == {3} for s in seen), seen
+
+
+def test_fft_batches_run_in_chunks(monkeypatch):
+    """A batch whose spectra exceed ``TILE_BYTES`` is transformed a few samples at a time."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((3, 2, 4, 4))
+    opts = dict(padding=2, stride=2, padding_mode="circular")
+    ref = convmat.ConvOperator(w, (2, 9, 9), **opts, method="csr")
+    x = rng.standard_normal((5, 2, 9, 9))
+    y = rng.standard_normal((5, *ref.output_shape))
+    g = ref.geometry
+    whole = structured.structured_bytes(g, "fft", 5)
+    monkeypatch.setattr(structured, "TILE_BYTES", 1)  # one sample at a time
+    op = convmat.ConvOperator(w, (2, 9, 9), **opts, method="fft")
+    assert op._core.plan()._fft_samples(np.dtype(np.float64)) == 1
+    np.testing.assert_allclose(op @ x, ref @ x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(op.T @ y, ref.T @ y, rtol=0, atol=1e-12)
+    assert structured.structured_bytes(g, "fft", 5) < whole
+    assert structured.structured_bytes(g, "fft", 0) >= 0
+    assert (op @ np.ones((0, 2, 9, 9))).shape == (0, 3, *ref.output_shape[1:])
