@@ -55,9 +55,8 @@ from .geometry import ConvGeometry
 from .indices import default_threads
 
 __all__ = ["COSTS", "METHODS", "TILE_BYTES", "AxisPad", "StructuredConv", "adjoint_weight",
-           "calibrate",
-           "axis_pads", "check_method", "check_structured", "choose_method", "estimate_costs",
-           "structured_bytes"]
+           "axis_pads", "calibrate", "check_method", "check_structured", "choose_method",
+           "estimate_costs", "fft_samples", "structured_bytes"]
 
 #: The ways to apply a convolution operator: the sparse matrix, im2col + GEMM, FFT.
 METHODS = ("csr", "direct", "fft")
@@ -187,6 +186,8 @@ class StructuredConv:
         self.axes = axis_pads(g)
         self._weights: dict[str, Any] = {}
         self._spectra: dict[tuple[Any, ...], Any] = {}
+        #: ``geometry.adjoint`` (stride 1, zero padding: ``W^T`` is a convolution), or None.
+        self.adjoint_geometry = g.adjoint
         self._adjoint: StructuredConv | None = None
         self.threads = default_threads()
 
@@ -296,16 +297,16 @@ class StructuredConv:
         """``W^H @ y`` (``W^T @ y`` with ``conjugate=False``) for ``y`` ``(N, C_out, *out)``."""
         dtype = np.result_type(self.weight.dtype, y.dtype)
         conjugate = conjugate and dtype.kind == "c"
-        if method == "direct" and self.geometry.adjoint is not None:
+        if method == "direct" and self.adjoint_geometry is not None:
             # stride 1, zero padding: W^T is a convolution (the flipped kernel), whose
             # im2col and GEMM beat the GEMM and the overlap-add of the columns
             return self._adjoint_plan().forward(y, method, conjugate=conjugate)
-        if method == "fft" and y.shape[0] > self._fft_samples(dtype):
-            step = self._fft_samples(dtype)
-            return self.xp.concatenate([self.adjoint(y[n:n + step], method,
-                                                     conjugate=conjugate)
-                                        for n in range(0, y.shape[0], step)])
         if method == "fft":
+            step = self._fft_samples(dtype)
+            if y.shape[0] > step:  # as in forward
+                return self.xp.concatenate([self.adjoint(y[n:n + step], method,
+                                                         conjugate=conjugate)
+                                            for n in range(0, y.shape[0], step)])
             buf = self._fft_adjoint(y, dtype, conjugate)
         else:
             buf = self._direct_adjoint(y, dtype, conjugate)
@@ -314,11 +315,10 @@ class StructuredConv:
     def _adjoint_plan(self) -> StructuredConv:
         """The forward plan of ``geometry.adjoint`` (made once)."""
         if self._adjoint is None:
-            g = self.geometry
-            adjoint = g.adjoint
-            assert adjoint is not None
-            self._adjoint = StructuredConv(adjoint, adjoint_weight(g, self.weight, self.xp),
-                                           self.xp)
+            assert self.adjoint_geometry is not None
+            self._adjoint = StructuredConv(
+                self.adjoint_geometry, adjoint_weight(self.geometry, self.weight, self.xp),
+                self.xp)
         return self._adjoint
 
     # ---------------------------------------------------------------- direct
@@ -375,12 +375,8 @@ class StructuredConv:
         return tuple(fast(a.span, real=real) for a in self.axes)
 
     def _fft_samples(self, dtype: np.dtype) -> int:
-        """Samples transformed at once: their spectra within :data:`TILE_BYTES`."""
-        g = self.geometry
-        citem = dtype.itemsize * (1 if dtype.kind == "c" else 2)
-        per_sample = (g.in_channels + g.out_channels) * math.prod(
-            a.span for a in self.axes) * citem
-        return max(1, TILE_BYTES // max(per_sample, 1))
+        """Samples transformed at once (:func:`fft_samples`)."""
+        return fft_samples(self.geometry, dtype)
 
     def _spectrum(self, dtype: np.dtype, adjoint: bool, conjugate: bool) -> Any:
         """FFT of the dilated kernel, frequency-major for :meth:`_contract`.
@@ -491,6 +487,15 @@ def _fft_module(xp: ModuleType) -> tuple[Any, Callable[..., int]]:
 
 
 # --------------------------------------------------------------------------- the cost model
+def fft_samples(geometry: ConvGeometry, dtype: Any) -> int:
+    """Samples the fft path transforms at once: their spectra within :data:`TILE_BYTES`."""
+    g, dt = geometry, np.dtype(dtype)
+    citem = dt.itemsize * (1 if dt.kind == "c" else 2)
+    per_sample = (g.in_channels + g.out_channels) * math.prod(
+        a.span for a in axis_pads(g)) * citem
+    return max(1, TILE_BYTES // max(per_sample, 1))
+
+
 def structured_bytes(geometry: ConvGeometry, method: str, batch: int = 1,
                      dtype: Any = None) -> int:
     """Peak bytes a product allocates on ``method``'s path for a batch (beside ``x``).
@@ -521,8 +526,7 @@ def structured_bytes(geometry: ConvGeometry, method: str, batch: int = 1,
     freq = math.ceil(freq * 1.25)
     # the batch is transformed a few samples at a time (StructuredConv._fft_samples), each
     # chunk's output kept until the chunks are joined
-    per_sample = (g.in_channels + g.out_channels) * math.prod(a.span for a in pads) * citem
-    chunk = min(batch, max(1, TILE_BYTES // max(per_sample, 1)))
+    chunk = min(batch, fft_samples(g, dt))
     spectra = chunk * (g.in_channels + 2 * g.out_channels) * freq * citem
     kernel = g.out_channels * (g.in_channels // g.groups) * freq * citem * 2
     joined = n_out * item if chunk < batch else 0
