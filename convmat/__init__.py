@@ -26,6 +26,7 @@ from .geometry import (
     conv_transpose_geometry,
     output_shape,
 )
+from .interop import to_pylops, to_torch
 from .layers import (
     adaptive_avg_pool_operator,
     avg_pool_operator,
@@ -39,6 +40,7 @@ from .layers import (
     upsample_operator,
 )
 from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
+from .modules import from_torch
 from .operator import ConvOperator, gradient_operator
 from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
@@ -67,6 +69,7 @@ __all__ = [
     "crop_operator",
     "data",
     "deconvolve",
+    "from_torch",
     "gradient_operator",
     "hstack",
     "identity_operator",
@@ -79,6 +82,8 @@ __all__ = [
     "sum_pool_operator",
     "to_cpu",
     "to_gpu",
+    "to_pylops",
+    "to_torch",
     "upsample_operator",
     "vstack",
 ]
