@@ -9,6 +9,7 @@ NEEDS = {
     "convmat.modules.from_torch": "torch",
     "convmat.interop.to_torch": "torch",
     "convmat.interop.to_pylops": "pylops",
+    "convmat.onnxgraph.from_onnx": "onnx",
 }
 
 

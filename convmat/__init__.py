@@ -41,6 +41,7 @@ from .layers import (
 )
 from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
 from .modules import from_torch
+from .onnxgraph import from_onnx
 from .operator import ConvOperator, gradient_operator
 from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
@@ -69,6 +70,7 @@ __all__ = [
     "crop_operator",
     "data",
     "deconvolve",
+    "from_onnx",
     "from_torch",
     "gradient_operator",
     "hstack",

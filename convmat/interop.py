@@ -29,9 +29,9 @@ def to_torch(matrix: Any, device: Any = None) -> Any:
     Parameters
     ----------
     matrix : SciPy or CuPy sparse matrix, or a convmat operator
-        Any sparse format (converted to CSR; a CSR matrix is shared with torch where the
-        dtypes allow). An operator gives its linear part's ``.matrix`` (its ``offset``, if
-        any, is ``torch.as_tensor(op.offset)``).
+        Any sparse format (converted to CSR; a writeable CSR matrix is shared with torch,
+        not copied). An operator gives a copy of its linear part's ``.matrix`` (its
+        ``offset``, if any, is ``torch.as_tensor(op.offset)``).
     device : str or torch.device, optional
         Where the tensor lives; default: where the matrix is (the CPU for SciPy, the current
         CUDA device for CuPy, handed over by DLPack without a copy).
@@ -63,7 +63,8 @@ def to_torch(matrix: Any, device: Any = None) -> Any:
     """
     import torch
 
-    if isinstance(matrix, Operator):
+    owned = isinstance(matrix, Operator)  # the operator's own matrix: torch gets a copy
+    if owned:
         matrix = matrix.matrix
     if not is_sparse(matrix):
         raise TypeError(f"matrix must be a SciPy or CuPy sparse matrix or a convmat operator, "
@@ -77,9 +78,11 @@ def to_torch(matrix: Any, device: Any = None) -> Any:
     if indptr.dtype != indices.dtype:
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
     if is_cupy_sparse(csr):
-        crow, col, values = (torch.from_dlpack(a) for a in (indptr, indices, csr.data))
+        crow, col, values = (torch.from_dlpack(a.copy() if owned else a)
+                             for a in (indptr, indices, csr.data))
     else:
-        crow, col, values = (torch.from_numpy(a if a.flags.writeable else a.copy())
+        crow, col, values = (torch.from_numpy(a.copy() if owned or not a.flags.writeable
+                                              else a)
                              for a in (indptr, indices, csr.data))
     with warnings.catch_warnings():  # torch's notice that sparse CSR is in beta
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")

@@ -36,16 +36,16 @@ from .layers import (
 )
 from .operator import ConvOperator
 
-__all__ = ["CONVERTERS", "PIECEWISE_LINEAR", "from_torch"]
+__all__ = ["CONVERTERS", "PIECEWISE_LINEAR", "Value", "from_torch"]
 
 #: dtypes a module's parameters may have (those of convmat's operators).
 MODULE_DTYPES = ("float32", "float64", "complex64", "complex128")
 
 
 # --------------------------------------------------------------------------- helpers
-def _array(t: Any) -> np.ndarray:
-    """A NumPy copy of a tensor: detached, on the CPU, dtype kept."""
-    return np.array(t.detach().cpu().numpy(), copy=True)
+def _array(t: Any, dtype: Any = None) -> np.ndarray:
+    """A NumPy copy of a tensor: detached, on the CPU, its dtype kept or ``dtype``."""
+    return np.array(t.detach().cpu().numpy(), dtype=dtype, copy=True)
 
 
 def _spatial(name: str, shape: tuple[int, ...], nd: int) -> None:
@@ -79,8 +79,8 @@ def _batch_dim(name: str, dim: int, rank: int, what: str) -> int:
 def _conv(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
     nd = len(m.kernel_size)
     _spatial(type(m).__name__, shape, nd)
-    bias = None if m.bias is None else _array(m.bias)
-    weight = _array(m.weight)
+    bias = None if m.bias is None else _array(m.bias, dtype)
+    weight = _array(m.weight, dtype)
     if m.transposed:
         return ConvOperator.transposed(
             weight, shape, stride=m.stride, padding=m.padding,
@@ -91,14 +91,14 @@ def _conv(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
 
 
 def _linear(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
-    w = _array(m.weight)
+    w = _array(m.weight, dtype)
     if not shape or shape[-1] != w.shape[1]:
         raise ValueError(f"Linear(in_features={w.shape[1]}) needs a last axis of "
                          f"{w.shape[1]}, but the input there has shape {shape}")
     rows = math.prod(shape[:-1])
     matrix = sp.kron(sp.eye_array(rows, dtype=w.dtype), sp.csr_array(w), format="csr")
     out = (*shape[:-1], w.shape[0])
-    offset = None if m.bias is None else np.broadcast_to(_array(m.bias), out)
+    offset = None if m.bias is None else np.broadcast_to(_array(m.bias, dtype), out)
     return MatrixOperator(matrix, shape, out, offset=offset, name="linear")
 
 
@@ -125,12 +125,19 @@ def _upsample(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
 
 
 def _batch_norm(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
+    nd = int(type(m).__name__[-2])
+    if nd == 1 and len(shape) not in (1, 2):
+        raise ValueError(f"BatchNorm1d takes samples (C,) or (C, L), but the input there has "
+                         f"shape {shape}")
+    if nd > 1:
+        _spatial(type(m).__name__, shape, nd)
     if m.running_mean is None or m.running_var is None:
         raise ValueError(f"{type(m).__name__}(track_running_stats=False) normalises by the "
                          "statistics of each batch: it is not a fixed affine map")
-    weight = None if m.weight is None else _array(m.weight)
-    bias = None if m.bias is None else _array(m.bias)
-    return batch_norm_operator(shape, _array(m.running_mean), _array(m.running_var), weight,
+    weight = None if m.weight is None else _array(m.weight, dtype)
+    bias = None if m.bias is None else _array(m.bias, dtype)
+    return batch_norm_operator(shape, _array(m.running_mean, dtype),
+                               _array(m.running_var, dtype), weight,
                                bias, m.eps, dtype=dtype)
 
 
@@ -140,6 +147,7 @@ _PAD_MODES = {"ZeroPad": "constant", "ConstantPad": "constant", "ReflectionPad":
 
 def _pad(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
     name = type(m).__name__
+    _spatial(name, shape, int(name[-2]))
     mode = _PAD_MODES[name[:-2]]
     value = getattr(m, "value", 0.0) if mode == "constant" else 0.0
     return pad_operator(shape, tuple(m.padding), mode, value, dtype=dtype)
@@ -154,7 +162,7 @@ def _flatten(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Reshape:
     start = _batch_dim("Flatten", m.start_dim, rank, "start_dim")
     end = _batch_dim("Flatten", m.end_dim, rank, "end_dim")
     if end < start:
-        return Reshape(shape)
+        raise ValueError(f"Flatten: start_dim={m.start_dim} comes after end_dim={m.end_dim}")
     return Reshape((*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:]))
 
 
@@ -172,10 +180,12 @@ def _unflatten(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Reshape:
 
 
 def _pixel_shuffle(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
+    _spatial("PixelShuffle", shape, 2)
     return pixel_shuffle_operator(shape, m.upscale_factor, dtype=dtype)
 
 
 def _pixel_unshuffle(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
+    _spatial("PixelUnshuffle", shape, 2)
     return pixel_unshuffle_operator(shape, m.downscale_factor, dtype=dtype)
 
 
@@ -259,8 +269,13 @@ def _max_pool(m: Any, value: Any, dtype: np.dtype) -> Operator:
 
 
 # --------------------------------------------------------------------------- the walk
-class _Node:
-    """A value of the network: its map from the input (None: the input itself) and shape."""
+class Value:
+    """A value in a network: its map from the network's input, and its shape.
+
+    ``op`` is the (affine) operator from the input to this value, None for the input
+    itself; ``shape`` one sample's shape; ``value`` the sample at the point of a local map
+    (a torch tensor), or None.
+    """
 
     def __init__(self, op: Operator | None, shape: tuple[int, ...], value: Any = None) -> None:
         self.op = op
@@ -272,6 +287,7 @@ class _Node:
         return outer if self.op is None else outer @ self.op
 
     def operator(self, dtype: np.dtype) -> Operator:
+        """The map from the input to this value (the identity for the input itself)."""
         return identity_operator(self.shape, dtype) if self.op is None else self.op
 
 
@@ -281,8 +297,8 @@ def _where(path: str, root_is_sequential: bool) -> str:
     return f"{path!r}" if path else "the root module"
 
 
-def _model_dtype(module: Any, at: Any) -> np.dtype:
-    """The module's parameter dtype; else that of ``at``; else float64."""
+def _model_dtype(module: Any, at: Any, default: Any = np.float64) -> np.dtype:
+    """The module's parameter dtype; else that of ``at``; else ``default``."""
     tensors = [*module.parameters(), *module.buffers()]
     if at is not None:
         tensors.append(at)
@@ -291,16 +307,26 @@ def _model_dtype(module: Any, at: Any) -> np.dtype:
             name = str(t.dtype).removeprefix("torch.")
             if name not in MODULE_DTYPES:
                 raise TypeError(
-                    f"the module's parameters are {name}; convmat's operators are "
-                    f"{', '.join(MODULE_DTYPES)}: convert the module (module.double() or "
-                    "module.float())")
+                    f"found {name} tensors (the module's parameters, or at); convmat's "
+                    f"operators are {', '.join(MODULE_DTYPES)}: convert them (module.double() "
+                    "or module.float()), or give dtype=")
             return np.dtype(name)
-    return np.dtype(np.float64)
+    return np.dtype(default)
 
 
 def _check_module(m: Any, where: str, local: bool) -> None:
     """Refuse a module convmat cannot map (or not in this mode), naming it and its place."""
+    import torch
+
     name = type(m).__name__
+    if (name in CONVERTERS or name in PIECEWISE_LINEAR) and type(m) is not getattr(
+            torch.nn, name):
+        raise ValueError(
+            f"{name} at {where} is a {type(m).__module__}.{name}, not torch.nn.{name}: its "
+            "forward may differ, so convmat does not map it")
+    if m._forward_hooks or m._forward_pre_hooks:
+        raise ValueError(f"{name} at {where} has forward hooks, which may change its output; "
+                         "remove them first")
     if name in CONVERTERS:
         random = name.startswith(_TRAINING[1:]) and m.p > 0
         if m.training and (name.startswith("BatchNorm") or random):
@@ -320,32 +346,41 @@ def _check_module(m: Any, where: str, local: bool) -> None:
         f"{', '.join(PIECEWISE_LINEAR)}")
 
 
-def _leaf(m: Any, node: _Node, dtype: np.dtype, where: str) -> _Node:
+def _run(m: Any, node: Value, where: str) -> Any:
+    """The module applied to the value at the point (a copy: in-place modules), or None."""
+    if node.value is None:
+        return None
+    try:
+        return m(node.value[None].clone())[0]
+    except RuntimeError as exc:
+        raise ValueError(f"{type(m).__name__} at {where}: {exc}") from exc
+
+
+def _leaf(m: Any, node: Value, dtype: np.dtype, where: str) -> Value:
     """The node after module ``m``."""
     name = type(m).__name__
-    value = None
-    if node.value is not None:
-        value = m(node.value[None].clone())[0]  # a copy: in-place modules
     if name in PIECEWISE_LINEAR:
+        value = _run(m, node, where)
         assert node.value is not None  # _check_module refused it without ``at``
         if name.startswith(("MaxPool", "AdaptiveMaxPool")):
             op = _max_pool(m, node.value, dtype)
         else:
             op = _activation(m, node.value, value, dtype)
-        return _Node(node.then(op), op.output_shape, value)
+        return Value(node.then(op), op.output_shape, value)
     try:
         made = CONVERTERS[name](m, node.shape, dtype)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{name} at {where}: {exc}") from exc
+    value = _run(m, node, where)
     if isinstance(made, Reshape):
-        return _Node(node.operator(dtype).reshape(output_shape=made.shape), made.shape, value)
-    return _Node(node.then(made), made.output_shape, value)
+        return Value(node.operator(dtype).reshape(output_shape=made.shape), made.shape, value)
+    return Value(node.then(made), made.output_shape, value)
 
 
 _ADD = (_operator.add, _operator.iadd)
 
 
-def _traced(module: Any, input_node: _Node, dtype: np.dtype, sequential: bool) -> _Node:
+def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -> Value:
     """Walk the ``torch.fx`` graph of a network, from its input to its output."""
     import torch
     import torch.fx as fx
@@ -364,6 +399,7 @@ def _traced(module: Any, input_node: _Node, dtype: np.dtype, sequential: bool) -
     flattens = (torch.flatten,)
     # check every node before building anything
     for n in nodes:
+        _check_inplace(module, n)
         if n.op == "call_module":
             _check_module(module.get_submodule(n.target), _where(n.target, sequential), local)
         elif n.op == "call_function":
@@ -381,12 +417,17 @@ def _traced(module: Any, input_node: _Node, dtype: np.dtype, sequential: bool) -
             if n.target.startswith("relu") and not local:
                 raise ValueError(f"relu at node {n.name!r} is nonlinear: give at=x for the "
                                  "local linear map")
+        elif n.op == "get_attr":
+            raise ValueError(f"node {n.name!r} reads {n.target!r} (a parameter or buffer) in a "
+                             "forward: convmat maps graphs of torch.nn modules, additions, relu "
+                             "and flatten (a subclass of a torch.nn module with its own forward "
+                             "is traced into, and reads its parameters so)")
         elif n.op not in ("placeholder", "output"):
             raise ValueError(f"node {n.name!r} ({n.op} {n.target}) is not supported: "
                              "convmat maps graphs of modules, additions, relu and flatten")
     if sum(n.op == "placeholder" for n in nodes) != 1:
         raise ValueError("from_torch maps modules with exactly one input")
-    env: dict[Any, _Node] = {}
+    env: dict[Any, Value] = {}
     for n in nodes:
         if n.op == "placeholder":
             env[n] = input_node
@@ -414,20 +455,42 @@ def _traced(module: Any, input_node: _Node, dtype: np.dtype, sequential: bool) -
     raise AssertionError("unreachable: a traced graph ends with its output")  # pragma: no cover
 
 
-def _add(n: Any, env: dict[Any, _Node], dtype: np.dtype) -> _Node:
+def _check_inplace(module: Any, n: Any) -> None:
+    """Refuse an in-place step on a value that other nodes also read.
+
+    The graph's values would not be what torch computes: convmat maps values, not aliasing.
+    """
+    import torch.fx as fx
+
+    inplace = (
+        (n.op == "call_method" and str(n.target).endswith("_"))
+        or (n.op == "call_function" and (n.target is _operator.iadd
+                                         or n.kwargs.get("inplace", False)))
+        or (n.op == "call_module" and getattr(module.get_submodule(n.target), "inplace",
+                                              False)))
+    if inplace and n.args and isinstance(n.args[0], fx.Node) and len(n.args[0].users) > 1:
+        raise ValueError(
+            f"node {n.name!r} modifies {n.args[0].name!r} in place, which other nodes also "
+            f"read ({', '.join(u.name for u in n.args[0].users if u is not n)}): convmat "
+            "maps values, not aliasing; use the out-of-place form (inplace=False, x = x + y)")
+
+
+def _add(n: Any, env: dict[Any, Value], dtype: np.dtype) -> Value:
     """A residual addition of two values of the network."""
     if n.kwargs or len(n.args) != 2 or not all(a in env for a in n.args):
         raise ValueError(f"node {n.name!r} adds {n.args} {n.kwargs}: convmat adds two values "
                          "of the network (a residual connection), nothing else")
     a, b = (env[arg] for arg in n.args)
-    if math.prod(a.shape) != math.prod(b.shape):
-        raise ValueError(f"node {n.name!r} adds values of shapes {a.shape} and {b.shape}")
+    if a.shape != b.shape:
+        raise ValueError(f"node {n.name!r} adds values of shapes {a.shape} and {b.shape}; "
+                         "convmat adds values of the same shape (no broadcasting)")
     value = None if a.value is None else a.value + b.value
-    op = a.operator(dtype) + b.operator(dtype).reshape(output_shape=a.shape)
-    return _Node(op, a.shape, value)
+    op = a.operator(dtype) + b.operator(dtype)
+    return Value(op, a.shape, value)
 
 
-def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None) -> Operator:
+def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None,
+               dtype: Any = None, verify: bool = True) -> Operator:
     """The exact operator of a PyTorch module: ``A(x) == module(x)``.
 
     Parameters
@@ -447,6 +510,13 @@ def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None) -> Op
     at : array or tensor, optional
         One sample (``input_shape``, or ``(1, *input_shape)``). The result is then the
         affine map the network is in the linear region of ``at``.
+    dtype : dtype, optional
+        The operator's dtype (float32, float64, complex64, complex128); default: that of the
+        module's first floating parameter or buffer, else of ``at``, else float64.
+    verify : bool
+        Check ``A(x) == module(x)`` (within the square root of the dtype's eps, relative
+        to the output) at ``at``, or at a random sample: one forward of the module and one
+        application of the operator.
 
     Returns
     -------
@@ -460,19 +530,23 @@ def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None) -> Op
     Raises
     ------
     ValueError
-        An unsupported or nonlinear module (without ``at``), or one in training mode where
-        that changes its map (``BatchNorm``, ``Dropout`` with ``p > 0``), named with its
-        position in the ``Sequential`` (or its qualified name); an input shape a module
-        cannot take; a network ``torch.fx`` cannot trace.
+        An unsupported or nonlinear module (without ``at``), one in training mode where
+        that changes its map (``BatchNorm``, ``Dropout`` with ``p > 0``), a subclass of a
+        supported module or one with forward hooks, named with its position in the
+        ``Sequential`` (or its qualified name); an input shape a module cannot take; a
+        network ``torch.fx`` cannot trace; an in-place step on a value other steps read;
+        additions of values of different shapes; with ``verify``, an operator that does not
+        reproduce the module.
     TypeError
-        Not a ``torch.nn.Module``; parameters in a dtype convmat's operators lack.
+        Not a ``torch.nn.Module``; parameters (or ``dtype``) in a dtype convmat's operators
+        lack.
 
     Notes
     -----
     Parameters are copied (detached, on the CPU, float32/float64 kept): the operator does
-    not change when the module trains later. The operator takes the dtype of the module's
-    first floating parameter or buffer; a module without any takes that of ``at``, else
-    float64.
+    not change when the module trains later, and are cast to ``dtype``. A float32 network
+    is best mapped in float32 (its own rounding: the source pixels of a nearest ``Upsample``
+    by a fractional factor are computed in the network's precision).
 
     With ``at``, each piecewise-linear module becomes its Jacobian at the value that
     reaches it, which is the rule of PyTorch's backward at ties, so ``A.matrix`` equals
@@ -508,15 +582,21 @@ def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None) -> Op
         raise ValueError(f"input_shape must be one sample's shape (sizes >= 1), got "
                          f"{tuple(input_shape)}")
     value = None if at is None else torch.as_tensor(at).detach()
-    dtype = _model_dtype(module, value)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.name not in MODULE_DTYPES:
+            raise TypeError(f"dtype={dtype.name} is not one of {', '.join(MODULE_DTYPES)}")
+    # the module runs in its own dtype (dtype, for a module without parameters)
+    own = _model_dtype(module, value, np.float64 if dtype is None else dtype)
+    dtype = own if dtype is None else dtype
     if value is not None:
         if tuple(value.shape) == (1, *shape):
             value = value[0]
         if tuple(value.shape) != shape:
             raise ValueError(f"at has shape {tuple(value.shape)}; expected one sample of "
                              f"input_shape {shape} (or (1, *input_shape))")
-        value = value.to(dtype=getattr(torch, dtype.name))
-    node = _Node(None, shape, value)
+        value = value.to(dtype=getattr(torch, own.name))
+    node = Value(None, shape, value)
     name = type(module).__name__
     with torch.no_grad():
         builtin = type(module).__module__.startswith("torch.nn.modules") and not isinstance(
@@ -526,4 +606,34 @@ def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None) -> Op
             node = _leaf(module, node, dtype, "the root module")
         else:
             node = _traced(module, node, dtype, isinstance(module, torch.nn.Sequential))
-    return node.operator(dtype)
+        op = node.operator(dtype)
+        if verify:
+            _verify(module, op, value, own)
+    return op
+
+
+def _verify(module: Any, op: Operator, at: Any, own: np.dtype) -> None:
+    """Check ``op(x) == module(x)`` at ``at`` (or a random sample), within ``sqrt(eps)``.
+
+    The walk maps values; a forward that modifies in place a value it reads again (an
+    aliasing ``torch.fx`` records as an ordinary operation) computes something else, and
+    this check says so.
+    """
+    import torch
+
+    where = "the given point" if at is not None else "a random sample"
+    if at is None:
+        generator = torch.Generator().manual_seed(0)
+        at = torch.randn(op.input_shape, generator=generator, dtype=getattr(torch, own.name))
+    param = next(module.parameters(), None)
+    x = at if param is None else at.to(param.device)
+    ref = module(x[None].clone())[0].detach().cpu().numpy()
+    got = op(at.cpu().numpy().astype(op.dtype))
+    eps = max(np.finfo(own).eps, np.finfo(op.dtype).eps)
+    err = float(np.abs(got - ref).max()) if ref.size else 0.0
+    if not err <= np.sqrt(eps) * (float(np.abs(ref).max(initial=0.0)) + 1.0):
+        raise ValueError(
+            f"the operator does not reproduce {type(module).__name__}: max |A(x) - "
+            f"module(x)| = {err:.3g} at {where}; the forward probably modifies in place a "
+            "value it reads again (aliasing that torch.fx records as an ordinary operation): "
+            "use out-of-place operations")

@@ -380,3 +380,16 @@ def case_adjoint(case, w, y):
         return full[(slice(None), *(slice(0, mm) for mm in m))]
     return trans_conv_reference(y, fw, case.stride, case.pads, case.dilation, case.groups,
                                 case.mode, output_size=case.full_input_shape[1:])
+
+
+def assert_affine_matches(A, x, ref, rtol):
+    """An affine operator against a reference batch: shapes, ``A(x)`` for the batch and one
+    sample, and ``A.matrix @ x + offset`` (``x`` a batch, ``ref`` its reference output)."""
+    scale = np.abs(ref).max() + 1.0
+    assert A.output_shape == ref.shape[1:]
+    np.testing.assert_allclose(A(x), ref, rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(A(x[-1]), ref[-1], rtol=rtol, atol=rtol * scale)
+    flat = A.matrix @ x[-1].ravel()
+    if A.offset is not None:
+        flat = flat + A.offset.ravel()
+    np.testing.assert_allclose(flat, ref[-1].ravel(), rtol=rtol, atol=rtol * scale)

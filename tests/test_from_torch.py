@@ -16,6 +16,8 @@ nn = torch.nn
 import convmat  # noqa: E402
 from convmat.modules import CONVERTERS, PIECEWISE_LINEAR  # noqa: E402
 
+from reference import assert_affine_matches  # noqa: E402
+
 SEEDS = range(12)
 
 
@@ -27,15 +29,8 @@ def check_module(module, shape, *, batch=3, seed=0, rtol=1e-12):
     x = rng.standard_normal((batch, *shape))
     with torch.no_grad():
         ref = module(torch.from_numpy(x)).numpy()
-    scale = np.abs(ref).max() + 1.0
     assert A.input_shape == tuple(shape)
-    assert A.output_shape == ref.shape[1:]
-    np.testing.assert_allclose(A(x), ref, rtol=rtol, atol=rtol * scale)
-    np.testing.assert_allclose(A(x[0]), ref[0], rtol=rtol, atol=rtol * scale)
-    flat = A.matrix @ x[0].ravel()
-    if A.offset is not None:
-        flat = flat + A.offset.ravel()
-    np.testing.assert_allclose(flat, ref[0].ravel(), rtol=rtol, atol=rtol * scale)
+    assert_affine_matches(A, x, ref, rtol)
     return A
 
 
@@ -347,8 +342,40 @@ def test_errors():
     with pytest.raises(ValueError, match=r"track_running_stats=False\) normalises by the "
                                          r"statistics of each batch"):
         convmat.from_torch(nn.BatchNorm1d(3, track_running_stats=False).eval(), (3,))
-    with pytest.raises(TypeError, match=r"parameters are float16"):
+    with pytest.raises(TypeError, match=r"found float16 tensors \(the module's parameters, or "
+                                        r"at\)"):
         convmat.from_torch(nn.Linear(2, 2).half(), (2,))
+    with pytest.raises(TypeError, match=r"dtype=int32 is not one of"):
+        convmat.from_torch(nn.Linear(2, 2), (2,), dtype=np.int32)
+    with pytest.raises(ValueError, match=r"Flatten: start_dim=2 comes after end_dim=1"):
+        convmat.from_torch(nn.Flatten(2, 1), (2, 3))
+    with pytest.raises(ValueError, match=r"PixelShuffle takes one sample of shape \(C, 2 "
+                                         r"spatial axes\)"):
+        convmat.from_torch(nn.PixelShuffle(2), (8, 4, 3, 4))
+    with pytest.raises(ValueError, match=r"PixelUnshuffle takes one sample of shape \(C, 2 "
+                                         r"spatial axes\)"):
+        convmat.from_torch(nn.PixelUnshuffle(2), (8, 4))
+    with pytest.raises(ValueError, match=r"BatchNorm1d takes samples \(C,\) or \(C, L\)"):
+        convmat.from_torch(nn.BatchNorm1d(3).eval(), (3, 4, 5))
+    with pytest.raises(ValueError, match=r"BatchNorm2d takes one sample of shape \(C, 2"):
+        convmat.from_torch(nn.BatchNorm2d(3).eval(), (3, 4))
+    with pytest.raises(ValueError, match=r"ReflectionPad1d takes one sample of shape \(C, 1"):
+        convmat.from_torch(nn.ReflectionPad1d((1, 2)), (2, 3, 5))
+    hooked = nn.Conv2d(1, 1, 3)
+    hooked.register_forward_hook(lambda m, i, o: o * 0)
+    with pytest.raises(ValueError, match=r"Conv2d at position 1 of the Sequential has forward "
+                                         r"hooks"):
+        convmat.from_torch(nn.Sequential(nn.Identity(), hooked), (1, 5, 5))
+    with pytest.raises(ValueError, match=r"Linear at the root module is a .*test_from_torch."
+                                         r"Linear, not torch.nn.Linear"):
+        convmat.from_torch(Linear(2, 2), (2,))
+    at = torch.ones(3, 8, 8)
+    with pytest.raises(ValueError, match=r"Conv2d at position 2 of the Sequential: .*3 "
+                                         r"channels|Conv2d at position 2 of the Sequential"):
+        convmat.from_torch(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(3, 3, 1)),
+                           (3, 8, 8), at=at)
+    with pytest.raises(ValueError, match=r"MaxPool2d at the root module: .*too small"):
+        convmat.from_torch(nn.MaxPool2d(5), (3, 3, 3), at=torch.ones(3, 3, 3))
     with pytest.raises(ValueError, match=r"Conv2d at position 0 of the Sequential: Conv2d takes "
                                          r"one sample of shape \(C, 2 spatial axes\)"):
         convmat.from_torch(nn.Sequential(nn.Conv2d(1, 1, 3)), (5, 5))
@@ -405,6 +432,102 @@ class Relus(nn.Module):
         return x.relu()
 
 
+class Linear(nn.Linear):  # a subclass named like a torch.nn module, with its own forward
+    def forward(self, x):
+        return 3 * super().forward(x)
+
+
+class FlatPlus(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1) + x
+
+
+class InplaceAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 1)
+
+    def forward(self, x):
+        z = self.c(x)
+        z.add_(x)
+        return z
+
+
+class InplaceRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        z = self.c(x)
+        return self.relu(z) + z
+
+
+class AliasedIadd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 1)
+
+    def forward(self, x):
+        z = self.c(x)
+        w = z
+        z += x
+        return z + w
+
+
+class SafeInplace(nn.Module):
+    """In-place steps on values nobody else reads: mapped."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 1)
+
+    def forward(self, x):
+        z = self.c(x)
+        z += x
+        return torch.relu_(nn.functional.relu(z, inplace=True))
+
+
+@pytest.mark.parametrize("net", [InplaceAdd, InplaceRelu])
+def test_inplace_on_shared_values_is_refused(net):
+    with pytest.raises(ValueError, match=r"modifies .* in place, which other nodes also read"):
+        convmat.from_torch(net().double(), (1, 5), at=torch.randn(1, 5, dtype=torch.float64))
+
+
+def test_verify_catches_aliasing_fx_cannot_see():
+    """``z += x`` on an aliased z: fx records an ordinary add; the check at the end sees it."""
+    net = AliasedIadd().double()
+    for at in (torch.randn(1, 5, dtype=torch.float64), None):
+        where = "the given point" if at is not None else "a random sample"
+        with pytest.raises(ValueError, match=rf"the operator does not reproduce AliasedIadd: "
+                                             rf"max \|A\(x\) - module\(x\)\| = .* at {where}"):
+            convmat.from_torch(net, (1, 5), at=at)
+    A = convmat.from_torch(net, (1, 5), verify=False)  # the graph's values, not torch's
+    x = np.ones((1, 5))
+    w, b = net.c.weight.item(), net.c.bias.item()
+    np.testing.assert_allclose(A(x), (w * x + b) + x + (w * x + b), rtol=1e-14)
+
+
+def test_inplace_on_unshared_values():
+    net = SafeInplace().double()
+    x = torch.randn(1, 6, dtype=torch.float64)
+    A = convmat.from_torch(net, (1, 6), at=x)
+    with torch.no_grad():
+        ref = net(x[None].clone())[0].numpy()
+    np.testing.assert_allclose(A(x.numpy()), ref, rtol=1e-13, atol=1e-13)
+
+
+def test_dtype_argument():
+    up = nn.Upsample(scale_factor=2.3, mode="nearest")  # float32 source pixels at float32
+    x = torch.randn(1, 50)
+    A = convmat.from_torch(up, (1, 50), dtype=np.float32)
+    assert A.dtype == np.float32
+    np.testing.assert_array_equal(A(x.numpy()), up(x[None])[0].numpy())
+    B = convmat.from_torch(nn.Linear(3, 2), (3,), dtype="float64")  # float32 weights cast
+    assert B.dtype == np.float64 and B.offset.dtype == np.float64
+
+
 class Scaling(nn.Module):
     def __init__(self):
         super().__init__()
@@ -448,8 +571,11 @@ def test_traced_errors():
         convmat.from_torch(Relus(), (3,))
     with pytest.raises(ValueError, match=r"relu at node 'relu' is nonlinear"):
         convmat.from_torch(Block(1).eval(), (1, 3, 3))
-    with pytest.raises(ValueError, match=r"node 'scale' \(get_attr scale\) is not supported"):
+    with pytest.raises(ValueError, match=r"node 'scale' reads 'scale' \(a parameter or buffer"):
         convmat.from_torch(Scaling(), (3,))
+    with pytest.raises(ValueError, match=r"node 'add' adds values of shapes \(4,\) and "
+                                         r"\(4, 1\); .* \(no broadcasting\)"):
+        convmat.from_torch(FlatPlus(), (4, 1))
     with pytest.raises(ValueError, match=r"node 'add' adds values of shapes \(1, 5, 5\) and "
                                          r"\(1, 3, 3\)"):
         convmat.from_torch(Residual(nn.Conv2d(1, 1, 3)), (1, 5, 5))

@@ -55,6 +55,9 @@ def test_to_torch_formats_operators_and_devices():
     np.testing.assert_array_equal(convmat.to_torch(chain).to_dense().numpy(),
                                   chain.matrix.toarray())
     assert convmat.to_torch(op, device="cpu").device.type == "cpu"
+    convmat.to_torch(op).values().mul_(0.0)  # an operator's matrix is copied, never shared
+    np.testing.assert_allclose((T @ torch.from_numpy(x)).numpy(), op @ x, rtol=1e-13)
+    assert abs(op.matrix).sum() > 0
     if torch.cuda.is_available():  # pragma: no cover - no GPU in CI
         assert convmat.to_torch(op, device="cuda").device.type == "cuda"
     else:

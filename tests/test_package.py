@@ -68,7 +68,8 @@ def test_mypy():
 #: command line may plot with viz; nothing in the flow imports a leaf).
 FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "transposed_axes",
         "guard", "csr", "geometry", "indices", "transposed", "products", "structured", "matrix",
-        "algebra", "operator", "separable", "layers", "modules", "interop", "result", "krylov",
+        "algebra", "operator", "separable", "layers", "modules", "interop", "onnxgraph",
+        "result", "krylov",
         "system", "solvers"]
 LEAVES = ["viz", "petsc", "cli", "__main__"]
 
