@@ -17,6 +17,7 @@ function from the module and the input shape of one sample to an operator).
 from __future__ import annotations
 
 import math
+import numbers
 import operator as _operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -377,7 +378,12 @@ def _leaf(m: Any, node: Value, dtype: np.dtype, where: str) -> Value:
     return Value(node.then(made), made.output_shape, value)
 
 
-_ADD = (_operator.add, _operator.iadd)
+#: Arithmetic a traced forward may do: functions and methods -> add, sub, mul, div.
+_ARITH: dict[Any, str] = {_operator.add: "add", _operator.iadd: "add", _operator.sub: "sub",
+                          _operator.isub: "sub", _operator.mul: "mul", _operator.imul: "mul",
+                          _operator.truediv: "div", _operator.itruediv: "div"}
+_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul",
+            "mul_": "mul", "div": "div", "div_": "div"}
 
 
 def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -> Value:
@@ -395,7 +401,8 @@ def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -
     local = input_node.value is not None
     nodes = list(graph.nodes)
     relus = (F.relu, torch.relu, torch.relu_)
-    adds = (*_ADD, torch.add)
+    arith = {**_ARITH, torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}
+    adds = tuple(arith)
     flattens = (torch.flatten,)
     # check every node before building anything
     for n in nodes:
@@ -408,12 +415,14 @@ def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -
                                  "local linear map")
             if n.target not in (*relus, *adds, *flattens):
                 raise ValueError(f"node {n.name!r} calls {getattr(n.target, '__name__', n.target)}"
-                                 f" on {n.args}: not supported (supported functions: add, relu, "
-                                 "flatten; write other steps as modules)")
+                                 f" on {n.args}: not supported (supported functions: add, sub, "
+                                 "mul and div by numbers, relu, flatten; write other steps as "
+                                 "modules)")
         elif n.op == "call_method":
-            if n.target not in ("relu", "relu_", "add", "add_", "flatten"):
+            if n.target not in ("relu", "relu_", "flatten", *_METHODS):
                 raise ValueError(f"node {n.name!r} calls the method .{n.target}() on {n.args}: "
-                                 "not supported (supported methods: add, relu, flatten)")
+                                 "not supported (supported methods: add, sub, mul, div, relu, "
+                                 "flatten)")
             if n.target.startswith("relu") and not local:
                 raise ValueError(f"relu at node {n.name!r} is nonlinear: give at=x for the "
                                  "local linear map")
@@ -451,7 +460,8 @@ def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -
                 env[n] = _leaf(torch.nn.Flatten(start, end), env[n.args[0]], dtype,
                                repr(n.name))
             else:
-                env[n] = _add(n, env, dtype)
+                kind = arith[fn] if n.op == "call_function" else _METHODS[fn]
+                env[n] = _arith(n, env, dtype, kind)
     raise AssertionError("unreachable: a traced graph ends with its output")  # pragma: no cover
 
 
@@ -475,18 +485,52 @@ def _check_inplace(module: Any, n: Any) -> None:
             "maps values, not aliasing; use the out-of-place form (inplace=False, x = x + y)")
 
 
-def _add(n: Any, env: dict[Any, Value], dtype: np.dtype) -> Value:
-    """A residual addition of two values of the network."""
-    if n.kwargs or len(n.args) != 2 or not all(a in env for a in n.args):
-        raise ValueError(f"node {n.name!r} adds {n.args} {n.kwargs}: convmat adds two values "
-                         "of the network (a residual connection), nothing else")
-    a, b = (env[arg] for arg in n.args)
-    if a.shape != b.shape:
-        raise ValueError(f"node {n.name!r} adds values of shapes {a.shape} and {b.shape}; "
-                         "convmat adds values of the same shape (no broadcasting)")
-    value = None if a.value is None else a.value + b.value
-    op = a.operator(dtype) + b.operator(dtype)
-    return Value(op, a.shape, value)
+def _arith(n: Any, env: dict[Any, Value], dtype: np.dtype, kind: str) -> Value:
+    """``a + b``, ``a - b`` of two values (residual connections); ``+ - * /`` by a number."""
+    alpha = n.kwargs.get("alpha", 1)
+    extra = set(n.kwargs) - {"alpha"}
+    if extra or len(n.args) != 2 or (alpha != 1 and kind not in ("add", "sub")):
+        raise ValueError(f"node {n.name!r} ({kind} of {n.args} {n.kwargs}): convmat maps two "
+                         "operands, without out= or other options")
+    a, b = n.args
+    va = None if isinstance(a, numbers.Number) else env.get(a)
+    vb = None if isinstance(b, numbers.Number) else env.get(b)
+    numbers_ = [float(v) for v in (a, b)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if va is not None and vb is not None:
+        if kind not in ("add", "sub"):
+            raise ValueError(f"node {n.name!r} multiplies or divides two values of the "
+                             "network: nonlinear")
+        if va.shape != vb.shape:
+            raise ValueError(f"node {n.name!r} adds values of shapes {va.shape} and "
+                             f"{vb.shape}; convmat adds values of the same shape (no "
+                             "broadcasting)")
+        sign = alpha if kind == "add" else -alpha
+        op = va.operator(dtype) + sign * vb.operator(dtype)
+        value = None if va.value is None else va.value + sign * vb.value
+        return Value(op, va.shape, value)
+    if len(numbers_) != 1 or (va is None and vb is None):
+        raise ValueError(f"node {n.name!r} ({kind} of {n.args}): convmat maps arithmetic "
+                         "between values of the network and numbers, nothing else")
+    first = va is not None
+    x = va if va is not None else vb
+    assert x is not None
+    c = numbers_[0] * (1 if first else alpha)
+    if kind == "div" and not first:
+        raise ValueError(f"node {n.name!r} divides a number by a value of the network: "
+                         "nonlinear")
+    n_entries = math.prod(x.shape)
+    if kind in ("add", "sub"):
+        scale = -1.0 if (kind == "sub" and not first) else 1.0
+        offset = np.full(x.shape, c if (kind == "add" or not first) else -c, dtype=dtype)
+    else:
+        scale, offset = (c if kind == "mul" else 1 / c), None
+    matrix = sp.diags_array(np.full(n_entries, scale, dtype=dtype), format="csr")
+    step = MatrixOperator(matrix, x.shape, x.shape, offset=offset, name=kind)
+    value = None
+    if x.value is not None:
+        value = x.value * scale + (0 if offset is None else float(offset.flat[0]))
+    return Value(x.then(step), x.shape, value)
 
 
 def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None,

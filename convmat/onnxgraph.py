@@ -134,9 +134,9 @@ def average_pool_factor(n: int, k: int, stride: int, dilation: int, lo: int, hi:
 _COORDINATES: dict[str, Callable[[np.ndarray, float, int, float, int], np.ndarray]] = {
     "half_pixel": lambda y, s, n, w, wi: (y + 0.5) / s - 0.5,
     "pytorch_half_pixel": lambda y, s, n, w, wi: (
-        np.full(wi, -0.5) if w == 1 else (y + 0.5) / s - 0.5),
+        np.full(wi, -0.5) if wi == 1 else (y + 0.5) / s - 0.5),
     "align_corners": lambda y, s, n, w, wi: (
-        np.zeros(wi) if w == 1 else y * (n - 1) / (w - 1)),
+        np.zeros(wi) if wi == 1 else y * (n - 1) / (wi - 1)),
     "asymmetric": lambda y, s, n, w, wi: y / s,
     "half_pixel_symmetric": lambda y, s, n, w, wi: (
         n / 2 * (1 - wi / w) + (y + 0.5) / s - 0.5),
@@ -156,10 +156,12 @@ def resize_factor(n: int, out: int, scale: float, mode: str, coordinates: str,
     """One axis of ``Resize`` (no antialiasing): ``(out, n)``.
 
     The source coordinate ``x`` of output ``y`` follows ``coordinate_transformation_mode``
-    (``w = scale * n``, ``wi = out``): ``half_pixel`` ``(y + 0.5)/scale - 0.5``;
-    ``pytorch_half_pixel`` the same, or ``-0.5`` when ``w == 1``; ``align_corners``
-    ``y (n - 1)/(w - 1)``, or 0 when ``w == 1``; ``asymmetric`` ``y / scale``;
-    ``half_pixel_symmetric`` ``n/2 (1 - wi/w) + (y + 0.5)/scale - 0.5``. With
+    (``w = scale * n``, ``wi = out`` the resized length): ``half_pixel``
+    ``(y + 0.5)/scale - 0.5``; ``pytorch_half_pixel`` the same, or ``-0.5`` when ``wi == 1``;
+    ``align_corners`` ``y (n - 1)/(wi - 1)``, or 0 when ``wi == 1``; ``asymmetric``
+    ``y / scale``; ``half_pixel_symmetric`` ``n/2 (1 - wi/w) + (y + 0.5)/scale - 0.5``. (The
+    specification's ``length_resized`` is the integer ``wi``, as onnxruntime and PyTorch read
+    it; ``onnx.reference`` uses ``w``, which differs when ``scale * n`` is not an integer.) With
     ``x0 = floor(x)`` and ``r = x - x0``, every index clamped to ``[0, n - 1]``:
 
     * ``nearest``: ``x0``, or ``x0 + 1`` when ``nearest_mode`` rounds ``r`` up;
@@ -238,7 +240,7 @@ def _conv_transpose(node: Node) -> Operator:
     output_padding = node.ints("output_padding", (0,) * nd)
     auto = node.string("auto_pad", "NOTSET")
     target = node.ints("output_shape", ())
-    if "pads" in node.attrs or (not target and auto not in ("SAME_UPPER", "SAME_LOWER")):
+    if not target and auto not in ("SAME_UPPER", "SAME_LOWER"):  # output_shape wins over pads
         padding = _padding(node, nd, w.shape[2:], strides, dilations, x.shape)
     else:  # pads from the output shape (n * stride for SAME without output_shape)
         if not target:
@@ -348,7 +350,7 @@ def _resize(node: Node) -> Operator:
         raise node.error("antialias=1 is not supported")
     axes = node.attrs.get("axes")
     axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
-    full = (1, *x.shape)
+    full = (node.batch or 1, *x.shape)
     scales_in, sizes_in = node.const(2), node.const(3)
     scales, sizes = [1.0] * rank, list(full)
     if sizes_in is not None and np.size(sizes_in):
@@ -362,7 +364,7 @@ def _resize(node: Node) -> Operator:
     else:
         raise node.error("neither scales (input 2) nor sizes (input 3) is given")
     if sizes_in is not None and np.size(sizes_in) and 0 in axes:
-        if sizes[0] != node.batch:  # sizes name the batch size itself
+        if sizes[0] != (node.batch or 1):  # the batch size itself (1 where symbolic, as Shape)
             raise node.error(f"sizes[0]={sizes[0]} resizes the batch axis (of size "
                              f"{node.batch or 'unknown'}): not supported; give axes")
     elif scales[0] != 1:
@@ -433,7 +435,7 @@ def _elementwise(node: Node) -> Operator:
 def _reshape(node: Node) -> tuple[int, ...]:
     x = node.value(0)
     target = [int(t) for t in node.const(1)]
-    full = (1, *x.shape)
+    full = (node.batch or 1, *x.shape)  # a fixed batch may be written into the target
     allowzero = bool(node.attrs.get("allowzero", 0))
     out = [full[i] if t == 0 and not allowzero else t for i, t in enumerate(target)]
     if out.count(-1) > 1:
@@ -441,7 +443,7 @@ def _reshape(node: Node) -> tuple[int, ...]:
     if -1 in out:
         known = math.prod(t for t in out if t != -1)
         out[out.index(-1)] = math.prod(full) // known if known else 0
-    if math.prod(out) != math.prod(full) or not out or out[0] != 1:
+    if math.prod(out) != math.prod(full) or not out or out[0] != full[0]:
         raise node.error(f"shape {target} does not keep the batch axis first for samples "
                          f"{x.shape}")
     return tuple(out[1:])
@@ -490,7 +492,31 @@ def _matmul(node: Node) -> Operator:
     return _dense(node, x, b.T, None)
 
 
+def _reduce(node: Node) -> Operator:
+    """``ReduceMean`` / ``ReduceSum`` over axes of the samples: a row of ``1/n`` (or ones)."""
+    x = node.value(0)
+    rank = len(x.shape) + 1
+    axes = node.const(1)
+    axes = node.attrs.get("axes", []) if axes is None else axes
+    axes = sorted({int(a) % rank for a in np.asarray(axes).reshape(-1)})
+    if not axes:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return x.operator(node.dtype)
+        axes = list(range(rank))
+    if 0 in axes:
+        raise node.error(f"axes {axes} include the batch axis: convmat maps one sample")
+    keep = bool(node.attrs.get("keepdims", 1))
+    mean = node.proto.op_type == "ReduceMean"
+    factors = [sp.csr_array(np.full((1, n), 1 / n if mean else 1.0)) if a + 1 in axes
+               else sp.eye_array(n, format="csr") for a, n in enumerate(x.shape)]
+    out = tuple(1 if a + 1 in axes else n for a, n in enumerate(x.shape)
+                if keep or a + 1 not in axes)
+    return _separable(x, factors, node.dtype, out, node.proto.op_type)
+
+
 def _identity(node: Node) -> Value:
+    if node.proto.op_type == "Dropout" and bool(np.asarray(node.const(2, False)).any()):
+        raise node.error("training_mode is true: the dropout is random, not a fixed map")
     if len(node.proto.output) > 1 and node.proto.output[1]:
         raise node.error("the dropout mask (output 1) is used; convmat maps inference, "
                          "where the mask is all ones")
@@ -516,9 +542,37 @@ NODES: dict[str, Handler] = {
     "Flatten": _flatten,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
     "Identity": _identity,
     "Dropout": _identity,
 }
+
+
+def _fold_constants(proto: Any, consts: dict[str, np.ndarray], opsets: Any) -> None:
+    """Fold a node whose inputs are all constants into constants (ONNX's reference runs it).
+
+    These are the exporters' shape arithmetic: ``Constant``, ``ConstantOfShape``, ``Concat``,
+    ``Gather``, ``Unsqueeze``, ...
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    if proto.op_type == "Constant":
+        value = next(helper.get_attribute_value(a) for a in proto.attribute)
+        consts[proto.output[0]] = (numpy_helper.to_array(value)
+                                   if hasattr(value, "dims") else np.asarray(value))
+        return
+    inputs = [name for name in proto.input if name]
+    graph = helper.make_graph(
+        [proto], "fold",
+        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(
+            consts[name].dtype), consts[name].shape) for name in inputs],
+        [helper.make_tensor_value_info(name, 0, None) for name in proto.output if name])
+    model = helper.make_model(graph, opset_imports=list(opsets))
+    outputs = ReferenceEvaluator(model).run(None, {name: consts[name] for name in inputs})
+    for name, value in zip([n for n in proto.output if n], outputs, strict=True):
+        consts[name] = np.asarray(value)
 
 
 def _load(model: Any) -> Any:
@@ -546,8 +600,11 @@ def from_onnx(model: Any, input_shape: Sequence[int] | None = None) -> Operator:
         ``strides``), ``AveragePool``, ``GlobalAveragePool``, ``Pad``, ``Resize`` (nearest
         and linear), ``BatchNormalization``, ``Add`` / ``Sub`` / ``Mul`` / ``Div`` by
         constants (and ``Add`` / ``Sub`` of two values: residual connections), ``Reshape``,
-        ``Flatten``, ``Gemm`` / ``MatMul`` by constant weights, ``Identity``, ``Dropout``.
-        Weights are initializers or ``Constant`` nodes.
+        ``Flatten``, ``Gemm`` / ``MatMul`` by constant weights, ``ReduceMean`` /
+        ``ReduceSum`` over the sample's axes, ``Identity``, ``Dropout`` (inference). Weights
+        are initializers or ``Constant`` nodes; nodes whose inputs are all constants (the
+        exporters' shape arithmetic, ``Shape`` of a value included) are folded into
+        constants by ``onnx.reference``.
     input_shape : tuple of int, optional
         One sample's shape: the graph input's shape without its first (batch) axis. Default:
         read from the graph (every axis but the first must be fixed).
@@ -558,6 +615,16 @@ def from_onnx(model: Any, input_shape: Sequence[int] | None = None) -> Operator:
         ``input_shape -> output shape`` (one sample): ``A(x)`` the graph's output for one
         sample or a batch, ``A.matrix`` the linear part, ``A.offset`` the biases. Its dtype
         is the graph input's (float32 or float64).
+
+    Notes
+    -----
+    The semantics are the ONNX specification's. Where runtimes differ from it, convmat keeps
+    the specification: ``ConvTranspose`` with ``auto_pad`` SAME gives ``n * stride`` outputs
+    (onnxruntime gives ``s (n - 1) + k`` when the stride exceeds the kernel); ``AveragePool``
+    SAME pads by the dilated window, and a negative total pad (kernel below the stride) is
+    0. A fixed batch size written into a ``Reshape`` target (as exporters do) or the
+    ``sizes`` of a ``Resize`` is the graph input's first dimension (1 where symbolic, as
+    ``Shape`` reports it). ``Resize`` computes its source coordinates in float64.
 
     Raises
     ------
@@ -612,8 +679,12 @@ def from_onnx(model: Any, input_shape: Sequence[int] | None = None) -> Operator:
     values = {inp.name: Value(None, shape)}
     for proto in graph.node:
         node = Node(proto, values, consts, dtype, batch)
-        if proto.op_type == "Constant":
-            consts[proto.output[0]] = numpy_helper.to_array(node.attrs["value"])
+        if proto.op_type == "Shape" and proto.input[0] in values:  # known: batch, then shape
+            full = np.array([batch or 1, *values[proto.input[0]].shape], dtype=np.int64)
+            consts[proto.output[0]] = full[node.attrs.get("start", 0):node.attrs.get("end")]
+            continue
+        if all(name in consts or not name for name in proto.input):  # constant folding
+            _fold_constants(proto, consts, model.opset_import)
             continue
         if proto.op_type not in NODES:
             raise node.error(f"op type {proto.op_type!r} is not supported (supported: "

@@ -369,10 +369,122 @@ assert 0 <= res_b.x.min() and res_b.x.max() <= 1
 assert min(psnr(img) for _, img in images[2:]) > psnr(blurred)"""),
 ]
 
+
+NETWORK = [
+    ("md", """\
+# The exact local linear map of a CNN at an image
+
+A network built from convolutions, batch norm, ReLU, max pooling, average pooling and residual
+additions is piecewise affine: near an input `x` it *is* an affine map `A x + b`. ReLUs become
+diagonal masks and max pooling a selection matrix. `convmat.from_torch(model, input_shape, at=x)`
+returns that map, exact and sparse: `A(x) == model(x)`, and `A.matrix` is the Jacobian
+`torch.func.jacrev` gives, for every output at once. Its rows are saliency maps."""),
+    ("code", SETUP + """
+import torch
+from torch import nn
+_ = torch.manual_seed(0)"""),
+    ("md", """\
+## A small CNN
+
+Random (seeded) convolutions, batch norm with running statistics, ReLU, max pooling, a residual
+block and average pooling, then a linear layer set by hand: output `q` averages the features of
+quadrant `q` of the 12 x 12 feature maps (top left, top right, bottom left, bottom right)."""),
+    ("code", """\
+class Residual(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+model = nn.Sequential(
+    nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    nn.MaxPool2d(2),
+    Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU())),
+    nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 12 * 12, 4))
+with torch.no_grad():
+    model[1].running_mean.uniform_(-0.2, 0.2)
+    model[1].running_var.uniform_(0.5, 2.0)
+    readout = torch.zeros(4, 8, 12, 12)
+    for q, (r, c) in enumerate([(0, 0), (0, 6), (6, 0), (6, 6)]):
+        readout[q, :, r:r + 6, c:c + 6] = 1 / (8 * 36)
+    model[-1].weight.copy_(readout.reshape(4, -1))
+model = model.double().eval()
+model"""),
+    ("md", """\
+## Its exact affine map at an image
+
+The phantom of `convmat.data`, and the map the network is in its linear region. Every layer is
+copied out of torch (the operator does not change if the model trains again)."""),
+    ("code", """\
+image = convmat.data.phantom(48)[None]               # (1, 48, 48)
+A = convmat.from_torch(model, image.shape, at=image)
+print(A.describe()[:160], "...")
+M = A.matrix
+print("A.matrix:", M.shape, f"{M.nnz} nonzeros ({M.nnz / np.prod(M.shape):.0%} of the entries)")
+out = model(torch.from_numpy(image)[None])[0].detach().numpy()
+print("model(x):", out)
+print("A(x):    ", A(image))
+assert np.allclose(A(image), out, rtol=1e-12, atol=1e-12)"""),
+    ("md", """\
+The same matrix as PyTorch's Jacobian at the image (all four rows), and the offset `b` that makes
+the map exact at `x`:"""),
+    ("code", """\
+J = torch.func.jacrev(lambda v: model(v[None])[0])(torch.from_numpy(image)).detach()
+J = J.reshape(4, -1).numpy()
+print("max |A.matrix - jacrev| =", np.abs(M.toarray() - J).max())
+assert np.allclose(M.toarray(), J, rtol=1e-12, atol=1e-12)
+assert np.allclose(M @ image.ravel() + A.offset, out)"""),
+    ("md", """\
+## Rows of `A.matrix` as saliency maps
+
+Row `q` says how much each pixel moves output `q` near this image. Each output reads its own
+quadrant (up to the receptive field's border); inside it, the ReLUs that are off and the
+max-pooling choices show up as the pixels that do not count."""),
+    ("code", """\
+names = ["top left", "top right", "bottom left", "bottom right"]
+fig, axes = plt.subplots(1, 5, figsize=(15, 3.2))
+axes[0].imshow(image[0], cmap="gray")
+axes[0].set_title("the image")
+for q, ax in enumerate(axes[1:]):
+    row = M[[q]].toarray().reshape(48, 48)
+    lim = np.abs(row).max()
+    im = ax.imshow(row, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(f"row {q}: {names[q]}\\noutput {out[q]:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+for ax in axes:
+    ax.axis("off")
+fig.tight_layout()
+h = 24
+quadrants = [(slice(0, h), slice(0, h)), (slice(0, h), slice(h, 48)),
+             (slice(h, 48), slice(0, h)), (slice(h, 48), slice(h, 48))]
+share = [np.abs(M[[q]].toarray().reshape(48, 48)[quadrants[q]]).sum() / abs(M[[q]]).sum()
+         for q in range(4)]
+print("share of each row's weight inside its own quadrant:", np.round(share, 2))
+assert min(share) > 0.9"""),
+    ("md", """\
+## What the exact map gives
+
+Its largest singular value is the network's local Lipschitz constant at this image (in the 2-norm),
+exact, where gradient-based estimates give only a lower bound; the activation pattern says which
+ReLUs are on. A nonlinear layer without `at=` is refused, with its place in the network."""),
+    ("code", """\
+from scipy.sparse.linalg import svds
+sigma = svds(M, k=1, return_singular_vectors=False)[0]
+print(f"local Lipschitz constant at the image: {sigma:.4f}")
+assert np.isclose(sigma, np.linalg.norm(J, 2))
+try:
+    convmat.from_torch(model, image.shape)
+except ValueError as e:
+    print("ValueError:", e)"""),
+]
+
 NOTEBOOKS = {
     "01_transposed_convolution.ipynb": CHAPTER,
     "02_inside_the_matrix.ipynb": INSIDE,
     "03_deconvolution.ipynb": DECONV,
+    "04_local_linear_map.ipynb": NETWORK,
 }
 
 

@@ -7,6 +7,8 @@ whose extra padding shifts the input) PyTorch is the reference instead.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -261,6 +263,13 @@ def test_resize(seed):
         inits.append(("sizes", np.array(sizes, dtype=np.int64)))
     else:
         scales = [float(v) for v in rng.choice([0.5, 0.75, 1.0, 1.5, 2.0, 3.0], nd)]
+        if attrs["coordinate_transformation_mode"] in ("align_corners", "pytorch_half_pixel"):
+            # the reference reads the resized length as scale * n, the specification (and
+            # onnxruntime, PyTorch) as the integer size: keep them equal here (see the test
+            # against PyTorch below for the other case)
+            scales = [float(math.floor(n * sc)) / n for n, sc in zip(shape[1:], scales,
+                                                                      strict=True)]
+            scales = [sc if sc > 0 else 1.0 for sc in scales]
         if not use_axes:
             scales = [1.0, 1.0, *scales]
         inputs = ["x", "roi", "scales"]
@@ -268,6 +277,37 @@ def test_resize(seed):
     assert count in (nd, nd + 2)
     node = helper.make_node("Resize", inputs, ["y"], **attrs)
     check(make_model([node], shape, inits), shape, seed=seed)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("scale", [1.5, 0.6, 2.5])
+def test_resize_with_fractional_lengths_against_torch(align_corners, scale):
+    """scale * n not an integer: the resized length is floor(scale * n), as PyTorch."""
+    torch = pytest.importorskip("torch")
+    mode = "align_corners" if align_corners else "pytorch_half_pixel"
+    shape = (2, 5, 7)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                            coordinate_transformation_mode=mode)
+    model = make_model([node], shape, [("scales", np.array([1.0, 1.0, scale, scale]))])
+
+    def reference(x):
+        return torch.nn.functional.interpolate(
+            torch.from_numpy(x), scale_factor=scale, mode="bilinear",
+            align_corners=align_corners, recompute_scale_factor=False).numpy()
+
+    check(model, shape, reference=reference)
+
+
+@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceSum"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce(op_type, keepdims):
+    shape = (3, 4, 5)
+    for axes in ([2, 3], [1], [-1], [1, 2, 3]):
+        node = helper.make_node(op_type, ["x", "axes"], ["y"], keepdims=keepdims)
+        check(make_model([node], shape, [("axes", np.array(axes, dtype=np.int64))]), shape)
+    node = helper.make_node(op_type, ["x", ""], ["y"], keepdims=keepdims,
+                            noop_with_empty_axes=1)
+    check(make_model([node], shape), shape)
 
 
 def test_batch_norm_and_elementwise():
@@ -329,6 +369,23 @@ def test_flatten_matmul_identity_dropout(tmp_path):
                                       A.matrix.toarray())
 
 
+def test_fixed_batch_in_reshape_and_output_shape_over_pads():
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"])]  # the exporters' [N, -1]
+    check(make_model(nodes, (2, 3), [("s", np.array([2, -1], dtype=np.int64))], batch=2),
+          (2, 3))
+    w = rng.standard_normal((1, 1, 3))
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2], output_shape=[4],
+                            pads=[0, 0])  # output_shape wins: the pads are ignored
+
+    def reference(x):
+        return np.stack([trans_conv_reference(xi, w, [2], [(1, 0)], [1], 1, "zeros",
+                                              output_size=[4]) for xi in x])
+
+    A = check(make_model([node], (1, 2), [("w", w)]), (1, 2), reference=reference)
+    assert A.output_shape == (1, 4)
+
+
 def test_float32_and_input_shape():
     rng = np.random.default_rng(10)
     w = rng.standard_normal((2, 1, 3)).astype(np.float32)
@@ -355,7 +412,8 @@ def test_float32_and_input_shape():
 def test_every_node_kind_is_tested():
     assert set(NODES) == {"Conv", "ConvTranspose", "AveragePool", "GlobalAveragePool", "Pad",
                           "Resize", "BatchNormalization", "Add", "Sub", "Mul", "Div",
-                          "Reshape", "Flatten", "Gemm", "MatMul", "Identity", "Dropout"}
+                          "Reshape", "Flatten", "Gemm", "MatMul", "ReduceMean", "ReduceSum",
+                          "Identity", "Dropout"}
 
 
 # --------------------------------------------------------------------------- errors
@@ -389,8 +447,11 @@ def test_errors():
         convmat.from_onnx(one("Conv", ["x", ""]))
     with pytest.raises(ValueError, match=r"input 0 \('c'\) must come from the graph's input, "
                                          r"but it is a constant"):
-        convmat.from_onnx(make_model([helper.make_node("Identity", ["c"], ["y"], name="n")],
-                                     (1,), [("c", np.ones(1))]))
+        convmat.from_onnx(one("MatMul", ["c", "x"], (2,), [("c", np.ones((2, 2)))]))
+    with pytest.raises(ValueError, match=r"training_mode is true: the dropout is random"):
+        convmat.from_onnx(one("Dropout", ["x", "", "t"], (2,), [("t", np.array(True))]))
+    with pytest.raises(ValueError, match=r"axes \[0, 1\] include the batch axis"):
+        convmat.from_onnx(one("ReduceMean", ["x", "a"], (2,), [("a", np.array([0, 1]))]))
     with pytest.raises(ValueError, match=r"kernel_shape=\(\) needs 2 values"):
         convmat.from_onnx(one("AveragePool", ["x"]))
     with pytest.raises(ValueError, match=r"the window spans 5 > padded input 4"):
@@ -465,3 +526,57 @@ def test_errors():
         constant = numpy_helper.from_array(np.ones(1))
         convmat.from_onnx(make_model([helper.make_node("Constant", [], ["y"], value=constant)],
                                      (1,)))
+
+
+def test_shape_arithmetic_is_folded():
+    """Exporters compute reshape targets and pads from Shape: folded as constants."""
+    rng = np.random.default_rng(11)
+    i64 = np.int64
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "scalar0"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "zero"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("ConstantOfShape", ["four"], ["zeros"],
+                         value=numpy_helper.from_array(np.zeros(1, dtype=i64))),
+        helper.make_node("Concat", ["zeros", "ones"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+        helper.make_node("Shape", ["p"], ["tail"], start=1),
+        helper.make_node("Reshape", ["p", "target"], ["f"]),
+        helper.make_node("MatMul", ["f", "m"], ["y"]),
+    ]
+    inits = [("scalar0", np.array(0, dtype=i64)), ("zero", np.array([0], dtype=i64)),
+             ("minus1", np.array([-1], dtype=i64)),
+             ("four", np.array([4], dtype=i64)), ("ones", np.array([0, 0, 1, 1], dtype=i64)),
+             ("m", rng.standard_normal((2 * 4 * 5, 3)))]
+    A = check(make_model(nodes, (2, 3, 4), inits, batch=1), (2, 3, 4), batch=1)
+    assert A.output_shape == (3,)
+
+
+def test_torch_export_round_trip():
+    """A PyTorch model exported to ONNX maps to the same operator as the model itself."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(4),
+        nn.AvgPool2d(2), nn.Upsample(scale_factor=2, mode="bilinear"),
+        nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
+        nn.Flatten(), nn.Linear(2 * 16 * 16, 5)).double().eval()
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    import io
+    import warnings
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(net, (x,), buffer, dynamo=False)
+    G = convmat.from_onnx(buffer.getvalue())
+    A = convmat.from_torch(net, (2, 8, 8))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(G(x.numpy()), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(G.matrix.toarray(), A.matrix.toarray(), rtol=1e-12,
+                               atol=1e-12)

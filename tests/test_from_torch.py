@@ -405,9 +405,44 @@ class Viewing(nn.Module):
         return x.view(x.shape[0], -1)
 
 
-class Scaled(nn.Module):
+class Arithmetic(nn.Module):
+    """Every supported arithmetic step: values with values, values with numbers."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 3, padding=1)
+
     def forward(self, x):
-        return x + 1.0
+        y = self.c(x)
+        z = 0.5 * x + y * 2 - 1.0
+        z = torch.add(z, x, alpha=3.0) - torch.sub(y, 0.25) / 4
+        z = 2.0 - z.mul(1.5) + torch.mul(3, x.div(2)) + x.add(y, alpha=-1) + (1 + y).sub(x)
+        return torch.div(z, 5)
+
+
+class Squared(nn.Module):
+    def forward(self, x):
+        return x * x
+
+
+class Inverted(nn.Module):
+    def forward(self, x):
+        return 1 / x
+
+
+class AddOut(nn.Module):
+    def forward(self, x):
+        return torch.add(x, x, out=x)
+
+
+class AddString(nn.Module):
+    def forward(self, x):
+        return x + "a"
+
+
+def test_traced_arithmetic():
+    torch.manual_seed(0)
+    check_module(Arithmetic(), (1, 7))
 
 
 class TwoInputs(nn.Module):
@@ -559,8 +594,15 @@ def test_traced_errors():
     with pytest.raises(ValueError, match=r"calls the method .size\(\)|calls the method .view\(\)"
                                          r"|getattr"):
         convmat.from_torch(Viewing(), (3,))
-    with pytest.raises(ValueError, match=r"node 'add' adds \(x, 1.0\)"):
-        convmat.from_torch(Scaled(), (3,))
+    with pytest.raises(ValueError, match=r"node 'mul' multiplies or divides two values"):
+        convmat.from_torch(Squared(), (3,))
+    with pytest.raises(ValueError, match=r"node 'truediv' divides a number by a value"):
+        convmat.from_torch(Inverted(), (3,))
+    with pytest.raises(ValueError, match=r"node 'add' \(add of .*\): convmat maps two operands"):
+        convmat.from_torch(AddOut(), (3,))
+    with pytest.raises(ValueError, match=r"node 'add' \(add of \(x, 'a'\)\): convmat maps "
+                                         r"arithmetic between values of the network and numbers"):
+        convmat.from_torch(AddString(), (3,), verify=False)
     with pytest.raises(ValueError, match=r"exactly one input"):
         convmat.from_torch(TwoInputs(), (3,))
     with pytest.raises(ValueError, match=r"could not be traced by torch.fx"):
