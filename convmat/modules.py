@@ -49,6 +49,24 @@ def _array(t: Any, dtype: Any = None) -> np.ndarray:
     return np.array(t.detach().cpu().numpy(), dtype=dtype, copy=True)
 
 
+def _unwrapped(m: Any) -> type:
+    """The class of ``m``, the original one for a parametrized module.
+
+    ``weight_norm``, ``spectral_norm`` and any ``torch.nn.utils.parametrize`` make a subclass
+    ``Parametrized<Name>``; its ``weight`` is the parametrized weight, read as any other.
+    """
+    cls = type(m)
+    if getattr(m, "parametrizations", None) is not None and cls.__name__.startswith(
+            "Parametrized"):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def _name(m: Any) -> str:
+    """The class name of ``m`` (of the original class, for a parametrized module)."""
+    return _unwrapped(m).__name__
+
+
 def _spatial(name: str, shape: tuple[int, ...], nd: int) -> None:
     """Check that one sample ``(C, *spatial)`` has ``nd`` spatial axes."""
     if len(shape) != nd + 1:
@@ -79,7 +97,7 @@ def _batch_dim(name: str, dim: int, rank: int, what: str) -> int:
 # --------------------------------------------------------------------------- converters
 def _conv(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
     nd = len(m.kernel_size)
-    _spatial(type(m).__name__, shape, nd)
+    _spatial(_name(m), shape, nd)
     bias = None if m.bias is None else _array(m.bias, dtype)
     weight = _array(m.weight, dtype)
     if m.transposed:
@@ -104,16 +122,16 @@ def _linear(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
 
 
 def _avg_pool(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
-    nd = int(type(m).__name__[-2])
-    _spatial(type(m).__name__, shape, nd)
+    nd = int(_name(m)[-2])
+    _spatial(_name(m), shape, nd)
     return avg_pool_operator(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode,
                              m.count_include_pad, getattr(m, "divisor_override", None),
                              dtype=dtype)
 
 
 def _adaptive_avg_pool(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
-    nd = int(type(m).__name__[-2])
-    _spatial(type(m).__name__, shape, nd)
+    nd = int(_name(m)[-2])
+    _spatial(_name(m), shape, nd)
     return adaptive_avg_pool_operator(shape, m.output_size, dtype=dtype)
 
 
@@ -126,14 +144,14 @@ def _upsample(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
 
 
 def _batch_norm(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
-    nd = int(type(m).__name__[-2])
+    nd = int(_name(m)[-2])
     if nd == 1 and len(shape) not in (1, 2):
         raise ValueError(f"BatchNorm1d takes samples (C,) or (C, L), but the input there has "
                          f"shape {shape}")
     if nd > 1:
-        _spatial(type(m).__name__, shape, nd)
+        _spatial(_name(m), shape, nd)
     if m.running_mean is None or m.running_var is None:
-        raise ValueError(f"{type(m).__name__}(track_running_stats=False) normalises by the "
+        raise ValueError(f"{_name(m)}(track_running_stats=False) normalises by the "
                          "statistics of each batch: it is not a fixed affine map")
     weight = None if m.weight is None else _array(m.weight, dtype)
     bias = None if m.bias is None else _array(m.bias, dtype)
@@ -147,7 +165,7 @@ _PAD_MODES = {"ZeroPad": "constant", "ConstantPad": "constant", "ReflectionPad":
 
 
 def _pad(m: Any, shape: tuple[int, ...], dtype: np.dtype) -> Operator:
-    name = type(m).__name__
+    name = _name(m)
     _spatial(name, shape, int(name[-2]))
     mode = _PAD_MODES[name[:-2]]
     value = getattr(m, "value", 0.0) if mode == "constant" else 0.0
@@ -231,7 +249,7 @@ def _activation(m: Any, value: Any, out: Any, dtype: np.dtype) -> Operator:
     is the constant it clamps to).
     """
     v, y = _array(value), _array(out)
-    name = type(m).__name__
+    name = _name(m)
     if name == "ReLU":
         slope = (v > 0).astype(dtype)  # threshold_backward: the gradient where the result > 0
     elif name == "LeakyReLU":
@@ -249,7 +267,7 @@ def _max_pool(m: Any, value: Any, dtype: np.dtype) -> Operator:
     """The selection matrix of a max pooling at ``value`` (one sample ``(C, *n)``)."""
     import torch.nn.functional as F
 
-    name = type(m).__name__
+    name = _name(m)
     nd = int(name[-2])
     _spatial(name, tuple(value.shape), nd)
     batch = value[None]
@@ -319,11 +337,11 @@ def _check_module(m: Any, where: str, local: bool) -> None:
     """Refuse a module convmat cannot map (or not in this mode), naming it and its place."""
     import torch
 
-    name = type(m).__name__
-    if (name in CONVERTERS or name in PIECEWISE_LINEAR) and type(m) is not getattr(
+    name = _name(m)
+    if (name in CONVERTERS or name in PIECEWISE_LINEAR) and _unwrapped(m) is not getattr(
             torch.nn, name):
         raise ValueError(
-            f"{name} at {where} is a {type(m).__module__}.{name}, not torch.nn.{name}: its "
+            f"{name} at {where} is a {_unwrapped(m).__module__}.{name}, not torch.nn.{name}: its "
             "forward may differ, so convmat does not map it")
     if m._forward_hooks or m._forward_pre_hooks:
         raise ValueError(f"{name} at {where} has forward hooks, which may change its output; "
@@ -354,12 +372,12 @@ def _run(m: Any, node: Value, where: str) -> Any:
     try:
         return m(node.value[None].clone())[0]
     except RuntimeError as exc:
-        raise ValueError(f"{type(m).__name__} at {where}: {exc}") from exc
+        raise ValueError(f"{_name(m)} at {where}: {exc}") from exc
 
 
 def _leaf(m: Any, node: Value, dtype: np.dtype, where: str) -> Value:
     """The node after module ``m``."""
-    name = type(m).__name__
+    name = _name(m)
     if name in PIECEWISE_LINEAR:
         value = _run(m, node, where)
         assert node.value is not None  # _check_module refused it without ``at``
@@ -641,10 +659,10 @@ def from_torch(module: Any, input_shape: Sequence[int], *, at: Any = None,
                              f"input_shape {shape} (or (1, *input_shape))")
         value = value.to(dtype=getattr(torch, own.name))
     node = Value(None, shape, value)
-    name = type(module).__name__
+    name = _name(module)
     with torch.no_grad():
-        builtin = type(module).__module__.startswith("torch.nn.modules") and not isinstance(
-            module, torch.nn.Sequential)
+        builtin = _unwrapped(module).__module__.startswith("torch.nn.modules") and not \
+            isinstance(module, torch.nn.Sequential)
         if name in CONVERTERS or name in PIECEWISE_LINEAR or builtin:
             _check_module(module, "the root module", value is not None)
             node = _leaf(module, node, dtype, "the root module")

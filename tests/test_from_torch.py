@@ -553,6 +553,18 @@ def test_inplace_on_unshared_values():
     np.testing.assert_allclose(A(x.numpy()), ref, rtol=1e-13, atol=1e-13)
 
 
+def test_parametrized_modules():
+    """weight_norm and spectral_norm (torch.nn.utils.parametrizations): the weight they make."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    conv = parametrizations.weight_norm(nn.Conv2d(2, 3, 3, padding=1))
+    linear = parametrizations.spectral_norm(nn.Linear(3 * 5 * 5, 4))
+    linear(torch.randn(2, 75))  # one power iteration in training mode, then frozen
+    check_module(conv, (2, 5, 5))
+    check_module(nn.Sequential(conv, nn.Flatten(), linear), (2, 5, 5))
+
+
 def test_dtype_argument():
     up = nn.Upsample(scale_factor=2.3, mode="nearest")  # float32 source pixels at float32
     x = torch.randn(1, 50)

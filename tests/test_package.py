@@ -21,7 +21,7 @@ def _run(args, **kw):
 
 def test_import_does_not_pull_optional_backends():
     code = ("import sys, convmat; bad = [m for m in ('cupy', 'cupyx', 'matplotlib', 'mpi4py', "
-            "'petsc4py', 'torch') if m in sys.modules]; print(bad)")
+            "'petsc4py', 'torch', 'onnx', 'pylops') if m in sys.modules]; print(bad)")
     out = _run([sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
