@@ -45,6 +45,14 @@ from .onnxgraph import from_onnx
 from .operator import ConvOperator, gradient_operator
 from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
+from .spectral import (
+    SingularTriplets,
+    SpectralNorm,
+    condition_number,
+    singular_values,
+    spectral_norm,
+    svds,
+)
 
 __all__ = [
     "ConvGeometry",
@@ -56,11 +64,14 @@ __all__ = [
     "ProductOperator",
     "ScaledOperator",
     "StackedOperator",
+    "SingularTriplets",
+    "SpectralNorm",
     "SumOperator",
     "adaptive_avg_pool_operator",
     "avg_pool_operator",
     "batch_norm_operator",
     "channel_affine_operator",
+    "condition_number",
     "conv",
     "conv_geometry",
     "conv_matrix",
@@ -81,7 +92,10 @@ __all__ = [
     "pad_operator",
     "pixel_shuffle_operator",
     "pixel_unshuffle_operator",
+    "singular_values",
+    "spectral_norm",
     "sum_pool_operator",
+    "svds",
     "to_cpu",
     "to_gpu",
     "to_pylops",

@@ -69,7 +69,7 @@ def test_mypy():
 FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "transposed_axes",
         "guard", "csr", "geometry", "indices", "transposed", "products", "structured", "matrix",
         "algebra", "operator", "separable", "layers", "modules", "interop", "onnxgraph",
-        "result", "krylov",
+        "spectral", "result", "krylov",
         "system", "solvers"]
 LEAVES = ["viz", "petsc", "cli", "__main__"]
 

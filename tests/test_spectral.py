@@ -1,0 +1,194 @@
+"""Singular values, certified spectral norms, svds and conditioning against the dense SVD.
+
+The reference matrix is written entry by entry by the naive loops of ``reference.py`` (no
+code shared with convmat's builder); its singular values come from NumPy's dense SVD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convmat
+from convmat.spectral import circular_spectrum, embedding_bound
+
+from reference import case_entries, dense
+from strategies import DTYPES, cases, random_array
+
+ANY_CASE = st.one_of(cases(max_ndim=3), cases(transposed=True, max_ndim=3))
+
+
+def operator(case, w, **extra):
+    make = convmat.ConvOperator.transposed if case.transposed else convmat.ConvOperator
+    options = {k: v for k, v in case.options.items() if k != "max_bytes"}
+    return make(w, case.input_shape, **options, **extra)
+
+
+def reference_svd(case, w):
+    entries, shape, _ = case_entries(case, w)
+    return np.linalg.svd(dense(entries, shape, w.dtype), compute_uv=False)
+
+
+def tolerance(dtype, s):
+    """Backward-stable SVD of a small matrix: a few hundred eps of the largest value."""
+    return 200 * np.finfo(np.dtype(dtype)).eps * max(float(s.max(initial=0.0)), 1e-300)
+
+
+# --------------------------------------------------------------------------- circular, by FFT
+def circular_case(rng):
+    nd = int(rng.integers(1, 4))
+    groups = int(rng.integers(1, 3))
+    cin, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+    k = [int(v) for v in rng.integers(1, 4, nd)]
+    s = [int(v) for v in rng.integers(1, 3, nd)]
+    d = [int(v) for v in rng.integers(1, 3, nd)]
+    n = [si * int(rng.integers(2, 4)) for si in s]
+    # output n / s: lo + hi = d (k - 1) - r with 0 <= r < s, split at random
+    pads = []
+    for kk, dd, ss in zip(k, d, s, strict=True):
+        total = dd * (kk - 1) - int(rng.integers(0, min(ss - 1, dd * (kk - 1)) + 1))
+        lo = int(rng.integers(0, total + 1))
+        pads.append((lo, total - lo))
+    if any(max(p) > nn for p, nn in zip(pads, n, strict=True)):
+        return None
+    dtype = str(rng.choice(["float32", "float64", "complex64", "complex128"]))
+    w = random_array(rng, (cout, cin // groups, *k), dtype)
+    return w, (cin, *n), dict(stride=s, dilation=d, groups=groups, padding=tuple(pads),
+                              padding_mode="circular")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_circular_singular_values_by_fft_equal_the_dense_svd(seed):
+    rng = np.random.default_rng(seed)
+    drawn = None
+    while drawn is None:
+        drawn = circular_case(rng)
+    w, shape, options = drawn
+    op = convmat.ConvOperator(w, shape, **options)
+    assert op.output_shape[1:] == tuple(n // s for n, s in zip(shape[1:], options["stride"],
+                                                               strict=True))
+    s = circular_spectrum(op)
+    assert s is not None
+    ref = np.linalg.svd(op.matrix.toarray(), compute_uv=False)
+    got = np.sort(s)[::-1][:ref.size]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance(w.dtype, ref))
+    assert np.all(np.sort(s)[::-1][ref.size:] <= tolerance(w.dtype, ref))  # wide: zeros
+    for view in (op.T, op.H, convmat.ConvOperator.transposed(w, op.output_shape, **{
+            k: v for k, v in options.items()})):
+        if view.shape[::-1] == op.shape or view.shape == op.shape:
+            np.testing.assert_allclose(np.sort(circular_spectrum(view))[::-1][:ref.size], ref,
+                                       rtol=0, atol=tolerance(w.dtype, ref))
+    sv = convmat.singular_values(op)
+    assert sv.shape == (min(op.shape),)
+    np.testing.assert_allclose(sv, ref, rtol=0, atol=tolerance(w.dtype, ref))
+
+
+def test_circular_spectrum_declines_what_is_not_block_circulant():
+    w = np.ones((1, 1, 3))
+    assert circular_spectrum(convmat.ConvOperator(w, (1, 8), padding=1)) is None  # zeros
+    assert circular_spectrum(convmat.ConvOperator(w, (1, 8), padding=2,
+                                                  padding_mode="circular")) is None  # 10 out
+    assert circular_spectrum(convmat.ConvOperator(w, (1, 9), padding=1, stride=2,
+                                                  padding_mode="circular")) is None  # 2 ∤ 9
+    assert circular_spectrum(convmat.identity_operator((3,))) is None
+
+
+# --------------------------------------------------------------------------- the bracket
+@settings(max_examples=80, deadline=None)
+@given(case=ANY_CASE, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_the_bracket_holds_and_the_value_is_exact(case, dtype, seed):
+    rng = np.random.default_rng(seed)
+    w = random_array(rng, case.weight_shape, dtype)
+    op = operator(case, w)
+    ref = reference_svd(case, w)
+    top = float(ref.max(initial=0.0))
+    tol = tolerance(w.dtype, ref)
+    assert embedding_bound(op) >= top - tol
+    exact = convmat.spectral_norm(op)  # small: the dense SVD (or the FFT)
+    assert exact.method in ("dense", "fft")
+    assert exact.lower - tol <= top <= exact.upper + tol
+    assert abs(exact.value - top) <= tol
+    if min(op.shape) <= 3 or top == 0:  # tiny: always the dense SVD
+        return
+    lanczos = convmat.spectral_norm(op, dense_limit=0)  # Lanczos and the proven bounds
+    if circular_spectrum(op) is not None:
+        assert lanczos.method == "fft"
+        return
+    assert lanczos.method == "lanczos" and lanczos.products > 0
+    assert lanczos.lower - tol <= top <= lanczos.upper + tol
+    assert lanczos.lower <= lanczos.value <= lanczos.upper
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lanczos_value_reaches_rtol(seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 3, 3, 3))
+    mode = ["zeros", "reflect", "replicate", "symmetric", "circular"][seed % 5]
+    op = convmat.ConvOperator(w, (3, 9, 8), stride=(1 + seed % 2, 1), padding=1,
+                              padding_mode=mode)
+    top = np.linalg.norm(op.matrix.toarray(), 2)
+    r = convmat.spectral_norm(op, rtol=1e-10, dense_limit=0)
+    assert r.lower <= top * (1 + 1e-12) and top <= r.upper * (1 + 1e-12)
+    assert abs(r.value - top) <= 1e-8 * top
+    assert 0 <= r.width < 1
+
+
+def test_bracket_of_compositions_and_layers():
+    rng = np.random.default_rng(1)
+    conv = convmat.ConvOperator(rng.standard_normal((3, 2, 3, 3)), (2, 8, 8), padding=1,
+                                padding_mode="reflect")
+    pool = convmat.avg_pool_operator((3, 8, 8), 2)
+    up = convmat.upsample_operator((3, 4, 4), scale_factor=2, mode="bilinear")
+    ops = [pool @ conv, 2.5 * (up @ pool @ conv), conv.T @ pool.T,
+           convmat.vstack([conv, conv]), conv + conv, conv.reshape(output_shape=(192,))]
+    for op in ops:
+        top = np.linalg.norm(op.matrix.toarray(), 2)
+        r = convmat.spectral_norm(op, dense_limit=0)
+        assert r.lower <= top * (1 + 1e-12) <= r.upper * (1 + 1e-12) + 1e-300, op
+        assert abs(r.value - top) <= 1e-6 * top
+
+
+# --------------------------------------------------------------------------- svds, conditioning
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_svds_against_the_dense_svd(which):
+    rng = np.random.default_rng(2)
+    op = convmat.ConvOperator(rng.standard_normal((2, 2, 3, 3)), (2, 7, 6), padding=1,
+                              padding_mode="replicate")
+    t = convmat.svds(op, 3, which=which)
+    ref = np.linalg.svd(op.matrix.toarray(), compute_uv=False)
+    ref = ref[:3] if which == "largest" else np.sort(ref)[:3]
+    np.testing.assert_allclose(t.s, ref, rtol=1e-8)
+    assert t.u.shape == (3, *op.output_shape) and t.v.shape == (3, *op.input_shape)
+    for i in range(3):  # A v = s u, A^H u = s v, unit vectors
+        np.testing.assert_allclose(op @ t.v[i], t.s[i] * t.u[i], atol=1e-8 * ref.max())
+        np.testing.assert_allclose(op.H @ t.u[i], t.s[i] * t.v[i], atol=1e-8 * ref.max())
+        assert np.isclose(np.linalg.norm(t.v[i]), 1)
+    assert t.residuals.max() < 1e-8 * ref.max()
+
+
+def test_condition_number():
+    rng = np.random.default_rng(3)
+    op = convmat.ConvOperator(rng.standard_normal((2, 2, 3)), (2, 12), padding=1)
+    s = np.linalg.svd(op.matrix.toarray(), compute_uv=False)
+    assert np.isclose(convmat.condition_number(op), s[0] / s[-1])
+    assert np.isclose(convmat.condition_number(op, dense_limit=0), s[0] / s[-1], rtol=1e-6)
+    singular = convmat.ConvOperator(np.zeros((1, 1, 2)), (1, 5))
+    assert convmat.condition_number(singular) == np.inf
+
+
+def test_errors():
+    big = convmat.ConvOperator(np.ones((3, 3)), (64, 64), padding=1)
+    with pytest.raises(ValueError, match=r"the operator is 4096 x 4096 \(16,777,216 entries > "
+                                         r"dense_limit=1,000\).*use convmat.svds\(op, k\)"):
+        convmat.singular_values(big, dense_limit=1000)
+    with pytest.raises(ValueError, match=r"which='middle' must be 'largest' or 'smallest'"):
+        convmat.svds(big, 1, which="middle")
+    with pytest.raises(ValueError, match=r"k=0 must satisfy 1 <= k < 4096 \(min\(m, n\) = "
+                                         r"4096\)"):
+        convmat.svds(big, 0)
+    small = convmat.ConvOperator(np.ones((1, 1, 2), dtype=complex), (1, 5))
+    with pytest.raises(ValueError, match=r"k=3 must satisfy 1 <= k < 3 \(min\(m, n\) = 4, "
+                                         r"less 1 for complex operators\)"):
+        convmat.svds(small, 3)
