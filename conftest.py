@@ -10,6 +10,7 @@ NEEDS = {
     "convmat.interop.to_torch": "torch",
     "convmat.interop.to_pylops": "pylops",
     "convmat.onnxgraph.from_onnx": "onnx",
+    "convmat.spectral.lipschitz_bound": "torch",
 }
 
 

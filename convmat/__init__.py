@@ -46,9 +46,11 @@ from .operator import ConvOperator, gradient_operator
 from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
 from .spectral import (
+    LipschitzBound,
     SingularTriplets,
     SpectralNorm,
     condition_number,
+    lipschitz_bound,
     singular_values,
     spectral_norm,
     svds,
@@ -59,6 +61,7 @@ __all__ = [
     "ConvMatrixTooLarge",
     "ConvOperator",
     "DeconvolutionResult",
+    "LipschitzBound",
     "MatrixOperator",
     "Operator",
     "ProductOperator",
@@ -88,6 +91,7 @@ __all__ = [
     "identity_operator",
     "kron_matrix",
     "kron_operator",
+    "lipschitz_bound",
     "output_shape",
     "pad_operator",
     "pixel_shuffle_operator",

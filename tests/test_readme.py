@@ -8,7 +8,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: Sections whose ```python blocks are complete programs (the others show fragments with the
 #: user's own data: a PSF, an image, a PETSc session).
 RUNNABLE = ("# convmat", "## Operators that compose", "## Applying W: the CSR, a GEMM or an FFT",
-            "## From your framework: PyTorch and ONNX in, PyTorch and PyLops out")
+            "## From your framework: PyTorch and ONNX in, PyTorch and PyLops out",
+            "## Singular values, certified norms, conditioning")
 #: What a section's examples import beyond convmat's own dependencies.
 NEEDS = {"## From your framework: PyTorch and ONNX in, PyTorch and PyLops out":
          ("torch", "onnx", "pylops")}

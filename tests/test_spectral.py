@@ -192,3 +192,62 @@ def test_errors():
     with pytest.raises(ValueError, match=r"k=3 must satisfy 1 <= k < 3 \(min\(m, n\) = 4, "
                                          r"less 1 for complex operators\)"):
         convmat.svds(small, 3)
+
+
+# --------------------------------------------------------------------------- networks
+def small_network(torch):
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.LeakyReLU(0.1),
+        nn.MaxPool2d(3, stride=1, padding=1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.2, 2.0)
+    return net.double().eval()
+
+
+def test_lipschitz_bound_of_a_small_network():
+    torch = pytest.importorskip("torch")
+    net = small_network(torch)
+    r = convmat.lipschitz_bound(net, (1, 8, 8))
+    assert [name for name, _ in r.layers] == ["0: Conv2d", "1: BatchNorm2d", "4: Conv2d",
+                                              "7: AvgPool2d", "8: Flatten", "9: Linear"]
+    assert [name for name, _ in r.runs] == ["0: Conv2d -> 1: BatchNorm2d", "4: Conv2d",
+                                            "7: AvgPool2d -> 8: Flatten -> 9: Linear"]
+    # the overlapping 3x3 stride-1 max pool: each input in up to 9 windows
+    assert dict(r.nonlinear)["6: MaxPool2d"] == 3.0 and dict(r.nonlinear)["3: MaxPool2d"] == 1
+    # each value and bracket against the dense SVD of the layer's own matrix
+    for (name, s), module in zip(r.layers, [net[0], net[1], net[4], net[7], net[8], net[9]],
+                                 strict=True):
+        shape = {"0": (1, 8, 8), "1": (4, 8, 8), "4": (4, 4, 4), "7": (4, 4, 4), "8": (4, 2, 2),
+                 "9": (16,)}[name.split(":")[0]]
+        dense = np.linalg.norm(convmat.from_torch(module, shape).matrix.toarray(), 2)
+        assert s.lower <= dense * (1 + 1e-12) and dense <= s.upper * (1 + 1e-12), name
+    assert r.estimate <= r.bound * (1 + 1e-12)
+    assert r.bound <= r.product_of_layers * (1 + 1e-9)  # the exact runs are tighter
+    assert r.estimate < 0.99 * r.product_of_layers
+    # empirical ratios over random pairs, near and far, and the local Jacobians' norms
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 1, 8, 8, dtype=torch.float64, generator=g)
+    for scale in (1e-4, 1e-1, 3.0):
+        y = x + scale * torch.randn(x.shape, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            num = (net(x) - net(y)).flatten(1).norm(dim=1)
+        ratio = (num / (x - y).flatten(1).norm(dim=1)).max().item()
+        assert ratio <= r.bound * (1 + 1e-12)
+    for i in range(3):
+        local = convmat.from_torch(net, (1, 8, 8), at=x[i])
+        assert convmat.spectral_norm(local).upper <= r.bound * (1 + 1e-9)
+
+
+def test_lipschitz_bound_errors():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Sequential, got Linear"):
+        convmat.lipschitz_bound(nn.Linear(2, 2), (2,))
+    with pytest.raises(ValueError, match=r"1: Sigmoid at position 1 is neither a linear module"):
+        convmat.lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()), (2,))
+    with pytest.raises(ValueError, match=r"0: LeakyReLU has negative_slope=2.0 > 1"):
+        convmat.lipschitz_bound(nn.Sequential(nn.LeakyReLU(2.0)), (2,))
