@@ -480,11 +480,101 @@ except ValueError as e:
     print("ValueError:", e)"""),
 ]
 
+SPECTRUM = [
+    ("md", """\
+# The spectrum of a convolution layer
+
+A convolution's singular values say how much it can stretch an input (its norm, the Lipschitz
+constant of the layer) and how much it loses (the small ones, which deconvolution must not
+trust). convmat computes them exactly: all of them in FFT time for circular padding, the
+extremes with a certified bracket for any padding."""),
+    ("code", SETUP),
+    ("md", """\
+## Circular against zero padding, and the effect of stride
+
+A random 16 -> 16 layer with 5x5 kernels on a 12 x 12 input. With circular padding the layer is
+block circulant: one 16 x 16 SVD per frequency gives all 2304 singular values. Zero padding
+breaks that structure; at this size the dense SVD still gives the exact spectrum."""),
+    ("code", """\
+rng = np.random.default_rng(0)
+w = rng.standard_normal((16, 16, 5, 5)) / np.sqrt(16 * 25)
+shape = (16, 12, 12)
+circ = convmat.ConvOperator(w, shape, padding=2, padding_mode="circular")
+zero = convmat.ConvOperator(w, shape, padding=2)
+s_circ = convmat.singular_values(circ)          # FFT: 144 blocks of 16 x 16
+s_zero = convmat.singular_values(zero)          # dense SVD of the 2304 x 2304 matrix
+assert np.allclose(s_circ, np.linalg.svd(circ.matrix.toarray(), compute_uv=False))
+print(f"sigma_max: circular {s_circ[0]:.5f}, zero padding {s_zero[0]:.5f} "
+      f"(circular is {s_circ[0] / s_zero[0] - 1:.1%} higher)")
+for stride in (2, 3):
+    strided = convmat.ConvOperator(w, shape, padding=2, stride=stride)
+    r = convmat.spectral_norm(strided)
+    print(f"stride {stride}: sigma_max {r.value:.5f}; the stride-1 circular value overestimates "
+          f"it by {s_circ[0] / r.value - 1:.0%}")
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.semilogy(s_circ, label="circular padding (FFT)")
+ax.semilogy(s_zero, label="zero padding (dense SVD)")
+ax.set_xlabel("index"); ax.set_ylabel("singular value"); ax.legend()
+ax.set_title("all 2304 singular values of a 16 -> 16 5x5 layer on 12 x 12");"""),
+    ("md", """\
+## The top singular vector as an image
+
+The input the layer stretches most: `svds` returns the singular vectors shaped like the input,
+so each channel is an image. For zero padding it is a wave damped at the borders; for circular
+padding a pure plane wave."""),
+    ("code", """\
+t = convmat.svds(zero, 1)
+v = t.v[0]                                        # (16, 12, 12)
+assert np.isclose(t.s[0], s_zero[0]) and t.residuals[0] < 1e-8
+fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+for c, ax in enumerate(axes):
+    ax.imshow(v[c], cmap="RdBu_r")
+    ax.set_title(f"channel {c}"); ax.axis("off")
+fig.suptitle(f"top right singular vector, sigma = {t.s[0]:.4f}");"""),
+    ("md", """\
+## A certified norm at a real size
+
+For a ResNet-size layer the spectrum is out of reach, but `spectral_norm` brackets the largest
+singular value: the lower bound is `||W v||` at Lanczos' vector, the upper bound the exact norm of
+the circular operator the layer is a restriction of."""),
+    ("code", """\
+big = convmat.ConvOperator(rng.standard_normal((64, 64, 3, 3)) / 24, (64, 56, 56), padding=1)
+r = convmat.spectral_norm(big, rtol=1e-6)
+print(r)
+print(f"bracket width {r.width:.3%}, {r.products} products of the structured path")
+assert r.lower <= r.value <= r.upper and r.width < 1e-3"""),
+    ("md", """\
+## The spectrum of a blur, and why deconvolution needs regularisation
+
+A 7 x 7 Gaussian blur with circular boundaries on a 64 x 64 image: its singular values are the
+magnitudes of the kernel's Fourier transform, so they fall by orders of magnitude at high
+frequencies. The naive inverse divides each component of the noise by its singular value, so
+noise at the highest frequencies is multiplied by the condition number printed below.
+Regularisation (Tikhonov's `damp`, or stopping early) keeps only the singular values above the
+noise."""),
+    ("code", """\
+x = np.arange(-3, 4)
+g = np.exp(-x**2 / (2 * 1.5**2)); psf = np.outer(g, g); psf /= psf.sum()
+blur = convmat.ConvOperator(psf, (64, 64), padding=3, padding_mode="circular")
+s = convmat.singular_values(blur)
+print(f"sigma_max {s[0]:.3f}, sigma_min {s[-1]:.2e}, condition number {s[0] / s[-1]:.2e}")
+assert np.isclose(convmat.condition_number(blur), s[0] / s[-1])
+noise = 1e-3
+kept = (s > noise).sum()
+print(f"{kept} of {s.size} singular values are above a noise level of {noise:g}")
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.semilogy(s, label="singular values of the blur")
+ax.axhline(noise, color="k", ls="--", label=f"noise level {noise:g}")
+ax.set_xlabel("index"); ax.legend()
+ax.set_title("a 7x7 Gaussian blur (sigma 1.5) on 64 x 64, circular");"""),
+]
+
 NOTEBOOKS = {
     "01_transposed_convolution.ipynb": CHAPTER,
     "02_inside_the_matrix.ipynb": INSIDE,
     "03_deconvolution.ipynb": DECONV,
     "04_local_linear_map.ipynb": NETWORK,
+    "05_spectrum.ipynb": SPECTRUM,
 }
 
 

@@ -30,7 +30,8 @@ def test_the_notebooks_are_committed_with_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_transposed_convolution.ipynb",
                                            "02_inside_the_matrix.ipynb",
                                            "03_deconvolution.ipynb",
-                                           "04_local_linear_map.ipynb"]
+                                           "04_local_linear_map.ipynb",
+                                           "05_spectrum.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
