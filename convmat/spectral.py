@@ -33,8 +33,10 @@ from .algebra import (
 )
 from .axes import padded_index
 from .geometry import ConvGeometry
+from .indices import default_threads, thread_pool
 from .matrix import conv_weight
 from .operator import ConvOperator
+from .products import blas_threads
 
 __all__ = [
     "DENSE_LIMIT",
@@ -45,6 +47,7 @@ __all__ = [
     "condition_number",
     "embedding_bound",
     "lipschitz_bound",
+    "pointwise_norm",
     "singular_values",
     "spectral_norm",
     "svds",
@@ -65,8 +68,9 @@ class SpectralNorm:
     lower, upper : float
         ``lower <= sigma_max <= upper``, proven (see :func:`spectral_norm`).
     method : str
-        How the value was found: ``'fft'`` (circular convolution, exact), ``'dense'`` (the
-        dense SVD) or ``'lanczos'`` (ARPACK's Lanczos bidiagonalisation on the operator's
+        How the value was found: ``'fft'`` (circular convolution, exact), ``'pointwise'`` (a
+        1x1 zero-padded convolution: the largest of its groups' channel matrices' norms,
+        exact), ``'dense'`` (the dense SVD) or ``'lanczos'`` (Lanczos on the operator's
         products).
     iterations, products : int
         Lanczos steps (products with the Gram matrix) and operator products used (0 for the
@@ -123,19 +127,29 @@ def _forward(op: ConvOperator) -> tuple[ConvGeometry, np.ndarray]:
 
 def _polyphase_blocks(w: np.ndarray, groups: int, size: tuple[int, ...],
                       stride: tuple[int, ...], dilation: tuple[int, ...],
-                      shift: tuple[int, ...]) -> np.ndarray:
-    """The blocks ``M(f)`` of ``S_stride C`` on the torus ``size``: ``(G, F, C_out/G, ...)``.
+                      shift: tuple[int, ...], half: bool = False
+                      ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The blocks ``M(f)`` of ``S_stride C`` on the torus ``size``, and their frequency grid.
 
     ``C x [j] = sum_t w[t] x[(j + d t - shift) mod n]`` (a circular correlation) and ``S``
     keeps every ``stride``-th output. In unitary Fourier bases both are block diagonal: with
     ``m = n / s`` and ``Khat(g) = sum_t w[t] exp(+2 pi i g (d t - shift) / n)``, the block of
     frequency ``f < m`` is ``[Khat(f + a m)]_a / sqrt(prod s)`` over the aliases ``a``
     (``C_out/G x C_in/G prod s``). The singular values of ``S C`` are those of the blocks.
+
+    Returns ``(G, F, C_out/G, C_in/G prod s)`` (a view per group, no copy) and the grid
+    ``F`` ravels. With ``half`` (a real kernel) only ``f_last <= m_last / 2``: the block at
+    ``-f`` is the conjugate of the one at ``f`` with its aliases permuted, with the same
+    singular values.
     """
+    import scipy.fft
+
     cout, cin_g = w.shape[:2]
     cout_g = cout // groups
     nd = len(size)
-    c = np.zeros((cout, cin_g, *size), dtype=np.result_type(w.dtype, np.complex64))
+    real = not np.iscomplexobj(w)
+    c = np.zeros((cout, cin_g, *size), dtype=w.dtype if real else
+                 np.result_type(w.dtype, np.complex64))
     for t in itertools.product(*(range(k) for k in w.shape[2:])):
         where = tuple((d * tt - sh) % n for d, tt, sh, n in zip(dilation, t, shift, size,
                                                                  strict=True))
@@ -143,16 +157,46 @@ def _polyphase_blocks(w: np.ndarray, groups: int, size: tuple[int, ...],
         source: tuple[Any, ...] = (slice(None), slice(None), *t)
         c[target] += w[source]
     axes = tuple(range(2, 2 + nd))
-    khat = np.fft.ifftn(c, axes=axes) * math.prod(size)  # exp(+...): sum_u c[u] e^{+2 pi i gu/n}
+    workers = default_threads()
+    if real:  # sum_u c[u] e^{+2 pi i g u / n} is the conjugate of the forward DFT
+        khat = np.conj(scipy.fft.fftn(c, axes=axes, workers=workers))
+    else:
+        khat = scipy.fft.ifftn(c, axes=axes, workers=workers) * math.prod(size)
     m = tuple(n // s for n, s in zip(size, stride, strict=True))
     split = [cout, cin_g]
     for s, mm in zip(stride, m, strict=True):
         split += [s, mm]
     khat = khat.reshape(split)
+    if half:
+        khat = khat[..., :m[-1] // 2 + 1]
+    grid = (*m[:-1], khat.shape[-1])
     order = ([2 + 2 * i + 1 for i in range(nd)] + [0, 1] + [2 + 2 * i for i in range(nd)])
-    blocks = khat.transpose(order).reshape(math.prod(m), cout, cin_g * math.prod(stride))
-    blocks = blocks / math.sqrt(math.prod(stride))
-    return np.stack([blocks[:, i * cout_g:(i + 1) * cout_g] for i in range(groups)])
+    cols = cin_g * math.prod(stride)
+    blocks = khat.transpose(order).reshape(math.prod(grid), cout, cols)
+    blocks *= 1 / math.sqrt(math.prod(stride))
+    blocks = blocks.reshape(blocks.shape[0], groups, cout_g, cols).transpose(1, 0, 2, 3)
+    return blocks, grid
+
+
+def pointwise_norm(op: Any) -> float | None:
+    """``||W||_2`` of a 1x1 (pointwise) zero-padded convolution, exactly: ``max_g ||K_g||``.
+
+    Every output reads one input position (or only padding zeros), distinct outputs distinct
+    positions, so ``W = P (x) K`` per group with ``P`` a partial permutation: the singular
+    values of ``W`` are those of the groups' ``C_out/G x C_in/G`` matrices and zeros. None
+    when ``op`` is not such a convolution (or no output reads the input).
+    """
+    if not isinstance(op, ConvOperator):
+        return None
+    g, w = _forward(op)
+    if any(k != 1 for k in g.kernel_size) or g.padding_mode != "zeros":
+        return None
+    reads = all(any(0 <= s * o - lo < n for o in range(out)) for n, s, (lo, _), out in zip(
+        g.input_size, g.stride, g.padding, g.output_size, strict=True))
+    if not reads:
+        return None
+    mats = w.reshape(g.groups, g.out_channels // g.groups, -1)
+    return float(np.linalg.svd(mats, compute_uv=False).max(initial=0.0))
 
 
 def circular_spectrum(op: Any) -> np.ndarray | None:
@@ -183,9 +227,9 @@ def circular_spectrum(op: Any) -> np.ndarray | None:
     for n, s, o in zip(g.input_size, g.stride, g.output_size, strict=True):
         if n % s or o != n // s:
             return None
-    blocks = _polyphase_blocks(w, g.groups, g.input_size, g.stride, g.dilation,
-                               tuple(lo for lo, _ in g.padding))
-    return np.linalg.svd(blocks, compute_uv=False).reshape(-1)
+    blocks, _ = _polyphase_blocks(w, g.groups, g.input_size, g.stride, g.dilation,
+                                  tuple(lo for lo, _ in g.padding))
+    return _per_block(lambda m: np.linalg.svd(m, compute_uv=False), blocks).reshape(-1)
 
 
 def embedding_bound(op: ConvOperator) -> float:
@@ -225,26 +269,38 @@ def _embedding(op: ConvOperator) -> tuple[float, np.ndarray | None]:
         if g.padding_mode != "zeros" and (lo or hi):
             src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
             copies *= float(np.bincount(src[src >= 0], minlength=n).max())
-    blocks = _polyphase_blocks(w, g.groups, tuple(size), g.stride, g.dilation,
-                               (0,) * g.ndim)
+    blocks, grid = _polyphase_blocks(w, g.groups, tuple(size), g.stride, g.dilation,
+                                     (0,) * g.ndim, half=not np.iscomplexobj(w))
     if blocks.size == 0:
         return 0.0, None
-    m_last = size[-1] // g.stride[-1]
-    # a real kernel: the block at -f is the conjugate of the one at f (its aliases
-    # permuted), with the same singular values; half of the frequencies suffice
-    keep = np.arange(blocks.shape[1])
-    if not np.iscomplexobj(w):
-        keep = keep[keep % m_last <= m_last // 2]
-    tops = _top_singular_values(blocks[:, keep])  # (G, kept)
+    tops = _top_singular_values(blocks)  # (G, F)
     group, index = np.unravel_index(int(np.argmax(tops)), tops.shape)
-    freq = int(keep[index])
     eps = float(np.finfo(blocks.dtype).eps)
     top = float(tops.max()) * (1 + 8 * max(blocks.shape[-2:]) * eps)  # LAPACK's rounding
     start = None
     if not op.geometry.transposed:
-        _, _, vh = np.linalg.svd(blocks[group, freq])
-        start = _plane_waves(vh[0].conj(), g, tuple(size), freq, int(group))
+        _, _, vh = np.linalg.svd(blocks[group, index])
+        f = tuple(int(v) for v in np.unravel_index(int(index), grid))
+        start = _plane_waves(vh[0].conj(), g, tuple(size), f, int(group))
     return top * math.sqrt(copies), start
+
+
+def _per_block(fn: Any, blocks: np.ndarray) -> np.ndarray:
+    """``fn`` (a batched LAPACK call) on ``blocks`` split over convmat's threads.
+
+    NumPy's batched ``svd`` / ``eigvalsh`` loop over the blocks on one thread; the chunks run
+    concurrently (LAPACK releases the GIL), each with BLAS held to one thread.
+    """
+    lead = blocks.shape[:-2]
+    flat = blocks.reshape(-1, *blocks.shape[-2:])
+    parts = min(default_threads(), flat.shape[0])
+    if parts <= 1:
+        return fn(blocks)
+    chunks = np.array_split(flat, parts)
+    with blas_threads(1):
+        results = list(thread_pool().map(fn, chunks))
+    out = np.concatenate(results)
+    return out.reshape(*lead, *out.shape[1:])
 
 
 def _top_singular_values(blocks: np.ndarray) -> np.ndarray:
@@ -257,18 +313,21 @@ def _top_singular_values(blocks: np.ndarray) -> np.ndarray:
     """
     a, b = blocks.shape[-2:]
     if max(a, b) < 2 * min(a, b):
-        return np.linalg.svd(blocks, compute_uv=False)[..., 0]
-    h = blocks.conj().swapaxes(-1, -2)
-    gram = blocks @ h if a < b else h @ blocks
-    return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[..., -1], 0.0))
+        return _per_block(lambda m: np.linalg.svd(m, compute_uv=False)[..., 0], blocks)
+
+    def top(m: np.ndarray) -> np.ndarray:
+        h = m.conj().swapaxes(-1, -2)
+        gram = m @ h if a < b else h @ m
+        return np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[..., -1], 0.0))
+
+    return _per_block(top, blocks)
 
 
-def _plane_waves(v: np.ndarray, g: ConvGeometry, size: tuple[int, ...], freq: int,
+def _plane_waves(v: np.ndarray, g: ConvGeometry, size: tuple[int, ...], f: tuple[int, ...],
                  group: int) -> np.ndarray:
     """``sum_a v_a exp(2 pi i (f + a m) . u / N)`` on the input (at its padding offset)."""
     nd = g.ndim
     m = tuple(n // s for n, s in zip(size, g.stride, strict=True))
-    f = np.unravel_index(freq, m)
     cin_g = g.in_channels // g.groups
     v = v.reshape(cin_g, *g.stride)
     x = np.zeros((g.in_channels, *g.input_size), dtype=complex)
@@ -481,6 +540,9 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
     eps = float(np.finfo(np.dtype(op.dtype)).eps)
     exact = circular_spectrum(op)
     method = "fft"
+    pointwise = pointwise_norm(op) if exact is None else None
+    if pointwise is not None:
+        exact, method = np.array([pointwise]), "pointwise"
     if exact is None and (m * n <= dense_limit or min(m, n) <= 3):  # tiny: ARPACK cannot
         exact, method = np.linalg.svd(_dense(op), compute_uv=False), "dense"
     if exact is not None:

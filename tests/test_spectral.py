@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convmat
-from convmat.spectral import circular_spectrum, embedding_bound
+from convmat.spectral import circular_spectrum, embedding_bound, pointwise_norm
 
 from reference import case_entries, dense
 from strategies import DTYPES, cases, random_array
@@ -107,14 +107,14 @@ def test_the_bracket_holds_and_the_value_is_exact(case, dtype, seed):
     tol = tolerance(w.dtype, ref)
     assert embedding_bound(op) >= top - tol
     exact = convmat.spectral_norm(op)  # small: the dense SVD (or the FFT)
-    assert exact.method in ("dense", "fft")
+    assert exact.method in ("dense", "fft", "pointwise")
     assert exact.lower - tol <= top <= exact.upper + tol
     assert abs(exact.value - top) <= tol
     if min(op.shape) <= 3 or top == 0:  # tiny: always the dense SVD
         return
     lanczos = convmat.spectral_norm(op, dense_limit=0)  # Lanczos and the proven bounds
-    if circular_spectrum(op) is not None:
-        assert lanczos.method == "fft"
+    if circular_spectrum(op) is not None or pointwise_norm(op) is not None:
+        assert lanczos.method in ("fft", "pointwise")
         return
     assert lanczos.method == "lanczos" and lanczos.products > 0
     assert lanczos.lower - tol <= top <= lanczos.upper + tol
@@ -251,3 +251,44 @@ def test_lipschitz_bound_errors():
         convmat.lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Sigmoid()), (2,))
     with pytest.raises(ValueError, match=r"0: LeakyReLU has negative_slope=2.0 > 1"):
         convmat.lipschitz_bound(nn.Sequential(nn.LeakyReLU(2.0)), (2,))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_embedding_bound_is_the_circular_norm_on_the_torus(seed):
+    """The bound (half the frequencies for a real kernel) equals the dense norm of the
+    circular convolution on the torus that holds the padded input."""
+    rng = np.random.default_rng(500 + seed)
+    nd = 1 + seed % 2
+    s = int(rng.integers(1, 3))
+    k, p = int(rng.integers(1, 4)), int(rng.integers(0, 2))
+    n = s * int(rng.integers(2, 5)) - 2 * p
+    n += s if n < k else 0
+    dtype = ["float64", "complex128"][seed % 3 == 0]
+    w = random_array(rng, (3, 2, *(k,) * nd), dtype)
+    op = convmat.ConvOperator(w, (2, *(n,) * nd), stride=s, padding=p)
+    torus = n + 2 * p  # a multiple of s: the bound's torus
+    assert torus % s == 0
+    total = k - 1 - min(s - 1, k - 1)  # a circular convolution with output torus / s
+    circ = convmat.ConvOperator(w, (2, *(torus,) * nd), stride=s,
+                                padding=((0, total),) * nd, padding_mode="circular")
+    assert circ.output_shape[1:] == (torus // s,) * nd
+    dense = np.linalg.norm(circ.matrix.toarray(), 2)
+    assert np.isclose(embedding_bound(op), dense, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pointwise_norm_is_exact(seed):
+    rng = np.random.default_rng(700 + seed)
+    g = 1 + seed % 2
+    w = rng.standard_normal((2 * g, 3, 1, 1))
+    op = convmat.ConvOperator(w, (3 * g, 7, 6), stride=1 + seed % 3, padding=seed % 2,
+                              groups=g)
+    dense = np.linalg.norm(op.matrix.toarray(), 2)
+    r = convmat.spectral_norm(op, dense_limit=0)
+    assert r.method == "pointwise"
+    assert r.lower <= dense * (1 + 1e-13) and dense <= r.upper * (1 + 1e-13)
+    assert np.isclose(r.value, dense, rtol=1e-13)
+    assert pointwise_norm(convmat.ConvOperator(w[:, :, :1, :1], (3 * g, 7, 6), groups=g,
+                                               padding=1, padding_mode="reflect")) is None
+    far = convmat.ConvOperator(np.ones((1, 1, 1)), (1, 1), padding=2, stride=3)  # reads zeros
+    assert far.output_shape == (1, 2) and far.nnz == 0 and pointwise_norm(far) is None
