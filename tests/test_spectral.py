@@ -292,3 +292,23 @@ def test_pointwise_norm_is_exact(seed):
                                                padding=1, padding_mode="reflect")) is None
     far = convmat.ConvOperator(np.ones((1, 1, 1)), (1, 1), padding=2, stride=3)  # reads zeros
     assert far.output_shape == (1, 2) and far.nnz == 0 and pointwise_norm(far) is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_gram_bound(seed):
+    import scipy.sparse as sp
+
+    from convmat.spectral import gram_bound
+
+    rng = np.random.default_rng(800 + seed)
+    dtype = [np.float32, np.float64, np.complex128][seed % 3]
+    a = sp.random_array((30, 20), density=0.2, rng=rng, format="csr").astype(dtype)
+    if seed % 3 == 2:
+        a = a + 1j * sp.random_array((30, 20), density=0.2, rng=rng, format="csr")
+    dense = np.linalg.norm(a.toarray(), 2)
+    absolute = abs(a)
+    holder = np.sqrt(absolute.sum(axis=0).max() * absolute.sum(axis=1).max())
+    bound = gram_bound(a)
+    assert dense <= bound * (1 + 1e-6) and bound <= holder * (1 + 1e-6)
+    assert bound <= 1.5 * dense  # four squarings: at most rank^(1/32) above
+    assert gram_bound(sp.csr_array((3, 4))) == 0.0
