@@ -559,7 +559,9 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
 
     *Lower bound.* For any nonzero ``v``, ``||A v|| / ||v|| <= sigma_max`` (the definition of
     the norm). ``lower`` is that ratio at Lanczos' top right singular vector, measured with
-    the operator's products, less its rounding ``(nnz per row) eps`` relative.
+    the operator's products, less its rounding ``(nnz per row) eps`` relative; ``upper``
+    carries ``16 eps`` for the rounding of the operator's own matrices (a scaling or a
+    composition in float32 rounds its entries).
 
     *Upper bound.* ``upper`` is proven from the operator's structure: a convolution is a
     restriction of a circular one on a torus holding its padded input
@@ -607,9 +609,12 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
 
     size = n if right else m
     dtype = np.dtype(op.dtype)
+    noise = np.random.default_rng(0).standard_normal(size)
     if start is None or not right:
-        start = np.random.default_rng(0).standard_normal(size)
+        start = noise
     v0 = (start if dtype.kind == "c" else start.real).astype(dtype)
+    if not np.linalg.norm(v0) > 0:  # a plane wave whose real part vanishes on the input
+        v0 = noise.astype(dtype)
     gram_op = LinearOperator((size, size), matvec=gram, dtype=dtype)
     tol = math.sqrt(rtol) / 10  # the Ritz value's error goes as the residual squared
     _, vecs = eigsh(gram_op, k=1, which="LA", tol=tol, v0=v0, maxiter=maxiter)
@@ -619,6 +624,7 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
     nnz_row = max(1.0, float(getattr(op, "nnz", m * n)) / max(m, 1))
     ratio = float(np.linalg.norm(av) / np.linalg.norm(v))
     lower = ratio * (1 - 4 * nnz_row * eps)
+    upper *= 1 + 16 * eps  # the operator's own rounding (a scaled or composed matrix)
     return SpectralNorm(min(ratio, upper), lower, max(upper, lower), "lanczos", steps[0],
                         products[0])
 

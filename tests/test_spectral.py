@@ -312,3 +312,25 @@ def test_gram_bound(seed):
     assert dense <= bound * (1 + 1e-6) and bound <= holder * (1 + 1e-6)
     assert bound <= 1.5 * dense  # four squarings: at most rank^(1/32) above
     assert gram_bound(sp.csr_array((3, 4))) == 0.0
+
+
+def test_review_cases(monkeypatch):
+    """Cases a review found: float32 / complex64 scalings whose matrices round their
+    entries (the upper bound carries that rounding), and a start vector with no real part."""
+    rng = np.random.default_rng(1)
+    bn = convmat.batch_norm_operator((1, 6, 5), rng.standard_normal(1), [2.0],
+                                     dtype=np.float32)
+    up = convmat.upsample_operator((2, 4, 3), scale_factor=2, mode="nearest-exact",
+                                   dtype=np.complex64)
+    for op in (-3.7 * bn, (0.3 - 2j) * up):
+        dense = np.linalg.norm(op.matrix.toarray().astype(np.complex128), 2)
+        r = convmat.spectral_norm(op, dense_limit=0)
+        assert r.lower <= dense <= r.upper, (op, r, dense)
+    from convmat import spectral
+
+    op = convmat.ConvOperator(rng.standard_normal((2, 1, 3)), (1, 9), padding=1)
+    upper = spectral.embedding_bound(op)
+    monkeypatch.setattr(spectral, "_bounds", lambda o: (upper, 1j * np.ones(o.shape[1])))
+    r = convmat.spectral_norm(op, dense_limit=0)  # the real part of the start is zero
+    dense = np.linalg.norm(op.matrix.toarray(), 2)
+    assert r.lower <= dense * (1 + 1e-12) and abs(r.value - dense) <= 1e-6 * dense
