@@ -387,8 +387,10 @@ def gram_bound(matrix: Any, steps: int = 4, growth: float = 16.0) -> float:
     if a.nnz == 0:
         return 0.0
     absolute = abs(a)
-    best = math.sqrt(float(absolute.sum(axis=0).max()) * float(absolute.sum(axis=1).max()))
     eps = float(np.finfo(np.result_type(a.dtype, np.float32)).eps)
+    per_line = max(np.diff(a.indptr).max(initial=1), np.bincount(a.indices).max(initial=1))
+    best = math.sqrt(float(absolute.sum(axis=0).max()) * float(absolute.sum(axis=1).max())) \
+        * (1 + 4 * float(per_line) * eps)  # the sums' rounding
     limit = growth * a.nnz
     g, log_scale, power = a, 0.0, 1  # ||A||^power <= exp(log_scale) ||g||_F
     for step in range(steps + 1):
@@ -617,7 +619,19 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
         v0 = noise.astype(dtype)
     gram_op = LinearOperator((size, size), matvec=gram, dtype=dtype)
     tol = math.sqrt(rtol) / 10  # the Ritz value's error goes as the residual squared
-    _, vecs = eigsh(gram_op, k=1, which="LA", tol=tol, v0=v0, maxiter=maxiter)
+    from scipy.sparse.linalg import ArpackError
+
+    try:
+        _, vecs = eigsh(gram_op, k=1, which="LA", tol=tol, v0=v0, maxiter=maxiter)
+    except ArpackError:  # the start (or the operator) vanishes: from noise, or zero
+        try:
+            _, vecs = eigsh(gram_op, k=1, which="LA", tol=tol, v0=noise.astype(dtype),
+                            maxiter=maxiter)
+        except ArpackError:
+            if np.linalg.norm(gram(noise.astype(dtype))) > 0:
+                raise
+            return SpectralNorm(0.0, 0.0, upper * (1 + 16 * eps), "lanczos", steps[0],
+                                products[0])
     v = vecs[:, 0] if right else lin.rmatvec(vecs[:, 0])
     av = lin.matvec(v)
     products[0] += 1 if right else 2
@@ -637,8 +651,9 @@ def _bounds(op: Any) -> tuple[float, np.ndarray | None]:
 
 
 def condition_number(op: Any, *, dense_limit: int = DENSE_LIMIT) -> float:
-    """``sigma_max / sigma_min`` (inf for a rank-deficient operator).
+    """``sigma_max / sigma_min``: inf for a rank-deficient operator.
 
+    On the Lanczos path, inf too when ``sigma_min`` is below ``max(m, n) eps sigma_max``.
     Exact where :func:`singular_values` is (circular, small); otherwise from :func:`svds`'s
     largest and smallest (Lanczos; the smallest converges slowly for ill-conditioned
     operators). For a wide matrix ``sigma_min`` is the ``min(m, n)``-th singular value.
@@ -655,7 +670,8 @@ def condition_number(op: Any, *, dense_limit: int = DENSE_LIMIT) -> float:
     except ValueError:
         top = svds(op, 1).s[0]
         bottom = svds(op, 1, which="smallest").s[0]
-        return float(top / bottom) if bottom > 0 else math.inf
+        eps = float(np.finfo(np.dtype(op.dtype)).eps)
+        return float(top / bottom) if bottom > max(op.shape) * eps * top else math.inf
     return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
 
 
@@ -782,6 +798,11 @@ def lipschitz_bound(model: Any, input_shape: Any, *, rtol: float = 1e-6) -> Lips
             kind = type(m).__name__
             pool = _max_pool_constant(m)
             if kind in ONE_LIPSCHITZ or pool is not None:
+                if type(m) is not getattr(torch.nn, kind, None) or m._forward_hooks \
+                        or m._forward_pre_hooks:
+                    raise ValueError(f"{name} is not torch.nn.{kind} itself (a subclass, a "
+                                     "look-alike or a module with hooks): its Lipschitz "
+                                     "constant is unknown")
                 slope = abs(float(getattr(m, "negative_slope", 0.0)))
                 if slope > 1:
                     raise ValueError(f"{name} has negative_slope={slope} > 1: it is "

@@ -334,3 +334,33 @@ def test_review_cases(monkeypatch):
     r = convmat.spectral_norm(op, dense_limit=0)  # the real part of the start is zero
     dense = np.linalg.norm(op.matrix.toarray(), 2)
     assert r.lower <= dense * (1 + 1e-12) and abs(r.value - dense) <= 1e-6 * dense
+
+
+def test_second_review_cases():
+    """lipschitz_bound refuses look-alike activations; zero operators on the Lanczos path;
+    Hoelder's rounding in float32; rank-deficient conditioning on the Lanczos path."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class ReLU(nn.Module):
+        def forward(self, x):
+            return 10 * x
+
+    net = nn.Sequential(nn.Conv1d(1, 1, 1, bias=False), ReLU()).double().eval()
+    with pytest.raises(ValueError, match=r"1: ReLU is not torch.nn.ReLU itself"):
+        convmat.lipschitz_bound(net, (1, 8))
+    hooked = nn.ReLU()
+    hooked.register_forward_hook(lambda m, i, o: 10 * o)
+    with pytest.raises(ValueError, match=r"0: ReLU is not torch.nn.ReLU itself"):
+        convmat.lipschitz_bound(nn.Sequential(hooked), (3,))
+    zero = convmat.ConvOperator(np.ones((4, 2, 1)), (4, 2), stride=4, padding=((1, 4),),
+                                groups=2)
+    assert zero.nnz == 0
+    r = convmat.spectral_norm(zero, dense_limit=0)
+    assert r.value == 0 and r.lower == 0 and r.upper >= 0
+    pool = convmat.avg_pool_operator((1, 40, 40), 10, 10, dtype=np.float32)
+    dense = np.linalg.norm(pool.matrix.toarray().astype(np.float64), 2)
+    assert dense <= convmat.spectral_norm(pool, dense_limit=0).upper
+    diff = convmat.ConvOperator(np.array([1.0, -1.0]), (400,), padding=((0, 1),),
+                                padding_mode="replicate")
+    assert convmat.condition_number(diff, dense_limit=0) == np.inf
