@@ -236,8 +236,8 @@ PIECEWISE_LINEAR = ("ReLU", "ReLU6", "LeakyReLU", "Hardtanh",
                     *(f"MaxPool{d}d" for d in (1, 2, 3)),
                     *(f"AdaptiveMaxPool{d}d" for d in (1, 2, 3)))
 
-#: Modules whose map changes in training mode.
-_TRAINING = ("BatchNorm", "Dropout", "AlphaDropout", "FeatureAlphaDropout")
+#: Modules that are random in training mode (when their ``p > 0``).
+_RANDOM = ("Dropout", "AlphaDropout", "FeatureAlphaDropout")
 
 
 # --------------------------------------------------------------------------- local maps
@@ -347,7 +347,7 @@ def _check_module(m: Any, where: str, local: bool) -> None:
         raise ValueError(f"{name} at {where} has forward hooks, which may change its output; "
                          "remove them first")
     if name in CONVERTERS:
-        random = name.startswith(_TRAINING[1:]) and m.p > 0
+        random = name.startswith(_RANDOM) and m.p > 0
         if m.training and (name.startswith("BatchNorm") or random):
             raise ValueError(
                 f"{name} at {where} is in training mode, where its map depends on the "
@@ -472,8 +472,7 @@ def _traced(module: Any, input_node: Value, dtype: np.dtype, sequential: bool) -
             if fn in relus or fn in ("relu", "relu_"):
                 env[n] = _leaf(torch.nn.ReLU(), env[n.args[0]], dtype, repr(n.name))
             elif fn in flattens or fn == "flatten":
-                start = n.args[1] if len(n.args) > 1 else n.kwargs.get(
-                    "start_dim", 0 if fn == "flatten" or fn in flattens else 1)
+                start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
                 end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
                 env[n] = _leaf(torch.nn.Flatten(start, end), env[n.args[0]], dtype,
                                repr(n.name))
