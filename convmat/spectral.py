@@ -270,6 +270,7 @@ def _embedding(op: ConvOperator) -> tuple[float, np.ndarray | None]:
         if g.padding_mode != "zeros" and (lo or hi):
             src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
             copies *= float(np.bincount(src[src >= 0], minlength=n).max())
+    w = w.astype(np.result_type(w.dtype, np.float64))  # exact; the rounding below is tiny
     blocks, grid = _polyphase_blocks(w, g.groups, tuple(size), g.stride, g.dilation,
                                      (0,) * g.ndim, half=not np.iscomplexobj(w))
     if blocks.size == 0:
@@ -277,13 +278,24 @@ def _embedding(op: ConvOperator) -> tuple[float, np.ndarray | None]:
     tops = _top_singular_values(blocks)  # (G, F)
     group, index = np.unravel_index(int(np.argmax(tops)), tops.shape)
     eps = float(np.finfo(blocks.dtype).eps)
-    top = float(tops.max()) * (1 + 8 * max(blocks.shape[-2:]) * eps)  # LAPACK's rounding
+    a, b = blocks.shape[-2:]
+    # The FFT's rounding, ||fl(Y) - Y||_F <= eta ||Y||_F over all the transforms (Higham
+    # 2002, Thm 24.2: eta = L (mu + gamma_4 (sqrt 2 + mu)) for L radix-2 stages; 16 eps per
+    # stage and two more stages per axis allow for pocketfft's other radices and Bluestein),
+    # bounds every block's error; the half spectrum holds at least half of ||Y||_F^2.
+    stages = sum(math.ceil(math.log2(max(n, 2))) + 2 for n in size)
+    eta = _gamma(16 * stages, eps)
+    fft_error = eta / (1 - eta) * math.sqrt(2) * float(np.linalg.norm(blocks.ravel()))
+    # LAPACK's SVD is backward stable (p(m, n) eps ||B||, p taken as 8 max(a, b)); the Gram
+    # route's rounding, gamma_k ||B||_F^2 <= k rank eps ||B||^2, under its square root.
+    lapack = 8 * max(a, b) * eps + max(a, b) * min(a, b) * eps
+    top = (float(tops.max()) + fft_error) * (1 + lapack)
     start = None
     if not op.geometry.transposed:
         _, _, vh = np.linalg.svd(blocks[group, index])
         f = tuple(int(v) for v in np.unravel_index(int(index), grid))
         start = _plane_waves(vh[0].conj(), g, tuple(size), f, int(group))
-    return top * math.sqrt(copies), start
+    return top * math.sqrt(copies) * (1 + 4 * eps), start
 
 
 def _per_block(fn: Any, blocks: np.ndarray) -> np.ndarray:
@@ -308,9 +320,8 @@ def _top_singular_values(blocks: np.ndarray) -> np.ndarray:
     """The largest singular value of each block (the last two axes).
 
     Square-ish blocks go to the SVD; a block twice as wide as tall (or taller than wide) to
-    the largest eigenvalue of its smaller Gram matrix (three times faster; that eigenvalue
-    is accurate to a few ``eps ||G||``, so its square root to a few ``eps`` relative, which
-    the bound's slack covers).
+    the largest eigenvalue of its smaller Gram matrix (three times faster; the rounding of
+    forming ``G`` and of its eigenvalue is in :func:`embedding_bound`'s slack).
     """
     a, b = blocks.shape[-2:]
     if max(a, b) < 2 * min(a, b):
@@ -368,10 +379,19 @@ def gram_bound(matrix: Any, steps: int = 4, growth: float = 16.0) -> float:
 
     ``G_0 = A``, ``G_{t+1} = G_t^H G_t``: ``||A||^(2^t) = ||G_t||_2 <= ||G_t||_F``, so
     ``||A|| <= ||G_t||_F^(1/2^t)``, which tightens with ``t`` (Delattre et al. 2023; the
-    first step is Hoelder's ``sqrt(||A||_1 ||A||_inf)`` too, whichever is smaller). Each
-    ``G_t`` is scaled to Frobenius norm 1 (the scales kept in logarithms) and the products
-    stop once they hold ``growth`` times the entries of ``A`` (or after ``steps``). The
-    bound carries a relative slack of ``(nnz per row) eps`` per step for the rounding.
+    first step is Hoelder's ``sqrt(||A||_1 ||A||_inf)`` too, whichever is smaller). The
+    products stop once they hold ``growth`` times the entries of ``A`` (or after
+    ``steps``). The work is in double precision, each ``G_t`` scaled to Frobenius norm
+    about 1, and the bound carries every rounding (see Notes).
+
+    Notes
+    -----
+    With ``s_t = fl(||G_t||_F)``, ``H_t = fl(G_t / s_t)`` and ``G_{t+1} = fl(H_t^H H_t)``
+    (``k_t`` terms per entry at most, the entries of a column of ``H_t``), and ``c`` a bound
+    on ``||H_t||_F``: ``||G_t||_2 <= s_t (||H_t||_2 + eps c)`` (the scaling's rounding) and
+    ``||H_t||_2^2 = ||H_t^H H_t||_2 <= ||G_{t+1}||_2 + gamma_{k_t} c^2`` (the product's,
+    Higham 2002 eq. 3.13 in Frobenius norm). Unrolled from ``||G_T||_2 <= ||G_T||_F``, read
+    back from the last step.
 
     Examples
     --------
@@ -384,27 +404,34 @@ def gram_bound(matrix: Any, steps: int = 4, growth: float = 16.0) -> float:
     import scipy.sparse as sp
 
     a = sp.csr_array(matrix)
+    a = a.astype(np.result_type(a.dtype, np.float64))
     if a.nnz == 0:
         return 0.0
+    eps = float(np.finfo(np.float64).eps)
+    scale = 2 if a.dtype.kind == "c" else 1  # a complex product: twice the roundings
     absolute = abs(a)
-    eps = float(np.finfo(np.result_type(a.dtype, np.float32)).eps)
     per_line = max(np.diff(a.indptr).max(initial=1), np.bincount(a.indices).max(initial=1))
     best = math.sqrt(float(absolute.sum(axis=0).max()) * float(absolute.sum(axis=1).max())) \
-        * (1 + 4 * float(per_line) * eps)  # the sums' rounding
+        * (1 + _gamma(per_line + 4, eps))  # the sums' rounding
     limit = growth * a.nnz
-    g, log_scale, power = a, 0.0, 1  # ||A||^power <= exp(log_scale) ||g||_F
+    chain: list[tuple[float, float, float]] = []  # (s_t, gamma_{k_t}, c_t) per step
+    g = a
     for step in range(steps + 1):
         fro = float(sp.linalg.norm(g))
         if fro == 0:
             return 0.0
-        slack = 1 + 4 * max(1.0, g.nnz / g.shape[0]) * eps * power
-        best = min(best, math.exp((log_scale + math.log(fro)) / power) * slack)
+        frobenius = fro * (1 + _gamma(g.nnz + 4, eps))  # >= ||G_t||_F
+        bound = frobenius  # >= ||G_t||_2, read back to ||A||
+        for s_t, gk, c in reversed(chain):
+            bound = s_t * (math.sqrt(bound + gk * c * c) + eps * c) * (1 + 4 * eps)
+        best = min(best, bound)
         if step == steps or g.nnz > limit:
             break
-        log_scale = 2 * (log_scale + math.log(fro))
-        g = g / fro
-        g = (g.conj().T @ g).tocsr()
-        power *= 2
+        h = (g / fro).tocsr()
+        c = frobenius / fro * (1 + 2 * eps)  # >= ||H_t||_F
+        terms = int(np.bincount(h.indices, minlength=h.shape[1]).max(initial=1))
+        chain.append((fro, _gamma(scale * terms + 2, eps), c))
+        g = (h.conj().T @ h).tocsr()
     return best
 
 
@@ -491,6 +518,8 @@ def svds(op: Any, k: int = 1, *, which: str = "largest", tol: float = 0.0,
     ------
     ValueError
         ``which`` unknown, ``k`` out of range.
+    scipy.sparse.linalg.ArpackNoConvergence
+        ARPACK did not converge within ``maxiter`` (the message says how far it got).
 
     Examples
     --------
@@ -510,8 +539,20 @@ def svds(op: Any, k: int = 1, *, which: str = "largest", tol: float = 0.0,
         raise ValueError(f"k={k} must satisfy 1 <= k < {limit} (min(m, n) = {min(m, n)}"
                          f"{', less 1 for complex operators' if limit < min(m, n) else ''})")
     lin = _linear_operator(op)
-    u, s, vh = scipy_svds(lin, k=k, which="LM" if which == "largest" else "SM", tol=tol,
-                          maxiter=maxiter, random_state=random_state)
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    try:
+        u, s, vh = scipy_svds(lin, k=k, which="LM" if which == "largest" else "SM", tol=tol,
+                              maxiter=maxiter, random_state=random_state)
+    except ArpackNoConvergence as e:
+        dtype = np.dtype(op.dtype)
+        raise ArpackNoConvergence(
+            f"svds: ARPACK converged to {len(e.eigenvalues)} of the {k} {which} singular "
+            f"triplets (tol={tol}{' (machine precision)' if tol == 0 else ''}, "
+            f"maxiter={maxiter}, {dtype}); raise maxiter or loosen tol: the smallest "
+            f"singular values of a {dtype} operator are known only to about "
+            f"{np.finfo(dtype).eps:.1e} times the largest", e.eigenvalues,
+            e.eigenvectors) from e
     order = np.argsort(s)[::-1] if which == "largest" else np.argsort(s)
     s, u, v = s[order], u[:, order], vh[order].conj().T
     res = np.sqrt(np.sum(np.abs(lin.matmat(v) - u * s) ** 2, axis=0)
@@ -560,17 +601,22 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
     the Ritz vector.
 
     *Lower bound.* For any nonzero ``v``, ``||A v|| / ||v|| <= sigma_max`` (the definition of
-    the norm). ``lower`` is that ratio at Lanczos' top right singular vector, measured with
-    the operator's products, less its rounding ``(nnz per row) eps`` relative; ``upper``
-    carries ``16 eps`` for the rounding of the operator's own matrices (a scaling or a
-    composition in float32 rounds its entries).
+    the norm). ``lower`` is that ratio at Lanczos' top right singular vector, less its
+    rounding: ``A v`` is computed on paths whose rounding is bounded entry by entry (CSR
+    rows, or the im2col GEMMs and overlap-adds; never the FFT), ``|fl(A v) - A v| <=
+    gamma_K |A| |v|`` with ``K`` the terms one output sums, and ``|A| |v|`` is computed
+    too (Higham 2002, eq. 3.5; norms in float64). ``upper`` carries ``16 eps`` for the
+    rounding of the operator's own matrices (a scaling or a composition in float32 rounds
+    its entries).
 
     *Upper bound.* ``upper`` is proven from the operator's structure: a convolution is a
     restriction of a circular one on a torus holding its padded input
-    (:func:`embedding_bound`: ``||W|| <= ||S C|| ||P||``, exact in FFT time); compositions
+    (:func:`embedding_bound`: ``||W|| <= ||S C|| ||P||``, in FFT time, in double precision,
+    carrying the FFT's rounding (Higham 2002, Thm 24.2) and LAPACK's); compositions
     multiply (``||B A|| <= ||B|| ||A||``), sums add, scalings scale, stacks add in squares;
     an explicit matrix (a layer: pooling, upsampling, padding) by Gram iteration,
-    ``||A|| <= ||(A^H A)^(2^(t-1))||_F^(1/2^t)`` (:func:`gram_bound`). Lanczos' value is
+    ``||A|| <= ||(A^H A)^(2^(t-1))||_F^(1/2^t)``, every rounding carried
+    (:func:`gram_bound`). Lanczos' value is
     not a proof of the top (a start vector could miss its singular vector), so it never
     tightens ``upper``; zero padding makes the embedding bound a few percent loose, stride
     more (the table in README).
@@ -633,14 +679,102 @@ def spectral_norm(op: Any, rtol: float = 1e-8, *, dense_limit: int = DENSE_LIMIT
             return SpectralNorm(0.0, 0.0, upper * (1 + 16 * eps), "lanczos", steps[0],
                                 products[0])
     v = vecs[:, 0] if right else lin.rmatvec(vecs[:, 0])
-    av = lin.matvec(v)
-    products[0] += 1 if right else 2
-    nnz_row = max(1.0, float(getattr(op, "nnz", m * n)) / max(m, 1))
-    ratio = float(np.linalg.norm(av) / np.linalg.norm(v))
-    lower = ratio * (1 - 4 * nnz_row * eps)
+    products[0] += 0 if right else 1
+    ratio, lower = _certified_ratio(op, v)
+    products[0] += 2
     upper *= 1 + 16 * eps  # the operator's own rounding (a scaled or composed matrix)
     return SpectralNorm(min(ratio, upper), lower, max(upper, lower), "lanczos", steps[0],
                         products[0])
+
+
+def _gamma(k: float, eps: float) -> float:
+    """Higham's ``gamma_k = k eps / (1 - k eps)`` (inf once ``k eps >= 1``)."""
+    return k * eps / (1 - k * eps) if k * eps < 1 else math.inf
+
+
+def _majorant(op: Operator) -> tuple[Operator, Operator, int] | None:
+    """``(A, |A|, K)``: ``A`` on exactly-bounded paths, its majorant, the terms it sums.
+
+    ``A`` is the operator on paths with componentwise rounding bounds, ``|A|`` a
+    nonnegative operator ``>= |entries of A|`` and ``K`` the terms one output sums.
+
+    With ``A`` applied on these paths (CSR rows, or im2col GEMMs, gathers and overlap-adds:
+    sums of products, in any order), ``|fl(A v) - A v| <= gamma_K |A| |v|`` entry by entry
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5; a
+    composition adds its parts' ``K``, a sum or a scaling one more rounding, a complex
+    product doubles them). None for an operator of unknown structure.
+    """
+    if isinstance(op, ConvOperator):
+        g, _ = _forward(op)
+        window = math.prod(g.kernel_size)
+        copies = 1
+        for n, (lo, hi) in zip(g.input_size, g.padding, strict=True):
+            if g.padding_mode != "zeros" and (lo or hi):
+                src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
+                copies *= int(np.bincount(src[src >= 0], minlength=n).max())
+        terms = (g.in_channels + g.out_channels) // g.groups * window * copies
+        direct = op.with_method("direct")
+        return direct, direct.with_weight(abs(op.weight)), terms
+    if isinstance(op, MatrixOperator):
+        import scipy.sparse as sp
+
+        a = op.matrix
+        if op.xp is not np or not sp.issparse(a):
+            return None
+        a = sp.csr_array(a)
+        terms = int(np.diff(a.indptr).max(initial=0))
+        return op, MatrixOperator(abs(a), op.input_shape, op.output_shape), terms
+    if not isinstance(op, ProductOperator | SumOperator | ScaledOperator | StackedOperator
+                      | ReshapedOperator):
+        return None
+    found = [_majorant(p) for p in op.parts]
+    if any(f is None for f in found):
+        return None
+    parts = [f for f in found if f is not None]
+    exact = op._rebuild([f[0] for f in parts])
+    if isinstance(op, ScaledOperator):
+        return exact, ScaledOperator(abs(op.alpha), parts[0][1]), parts[0][2] + 1
+    mag = op._rebuild([f[1] for f in parts])
+    if isinstance(op, ProductOperator):
+        return exact, mag, sum(f[2] for f in parts)
+    if isinstance(op, SumOperator):
+        return exact, mag, max(f[2] for f in parts) + len(parts) - 1
+    return exact, mag, max(f[2] for f in parts)
+
+
+def _certified_ratio(op: Any, v: Any) -> tuple[float, float]:
+    """``||A v|| / ||v||`` and a proven lower bound on it (so on ``sigma_max``).
+
+    ``A v`` is computed on paths with a componentwise rounding bound (:func:`_majorant`):
+    ``||A v|| >= ||fl(A v)|| - gamma_K || |A| |v| ||``, with ``|A| |v|`` computed too (sums
+    of nonnegative terms: ``fl <= (1 + gamma_K)`` times the exact). Norms are taken in
+    float64 (their rounding ``gamma_{m+2}`` of float64 is counted). The lower bound is 0
+    for operators of unknown structure.
+    """
+    op = op if isinstance(op, Operator) else MatrixOperator(op)
+    found = _majorant(op.linear)
+    lin = op.linear if found is None else found[0]
+    y = lin._flat(v)
+    norm = _norm64(y) / _norm64(v)
+    if found is None:
+        return norm, 0.0
+    _, mag, terms = found
+    eps = float(np.finfo(np.dtype(op.dtype)).eps)
+    if np.dtype(op.dtype).kind == "c":
+        terms = 2 * terms + 2
+    gk = _gamma(terms, eps)
+    size = max(op.shape) + 2
+    g64 = _gamma(size, float(np.finfo(np.float64).eps))
+    bound = _norm64(mag._flat(abs(v).astype(np.dtype(op.dtype).type(0).real.dtype)))
+    error = gk / (1 - gk) * bound * (1 + g64) if gk < 1 else math.inf
+    lower = (_norm64(y) * (1 - g64) - error) / (_norm64(v) * (1 + g64))
+    return norm, max(lower, 0.0)
+
+
+def _norm64(x: Any) -> float:
+    """The 2-norm of ``x`` taken in double precision (single inputs widen exactly)."""
+    x = x.get() if hasattr(x, "get") else np.asarray(x)
+    return float(np.linalg.norm(x.astype(np.result_type(x.dtype, np.float64)).ravel()))
 
 
 def _bounds(op: Any) -> tuple[float, np.ndarray | None]:

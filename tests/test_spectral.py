@@ -364,3 +364,100 @@ def test_second_review_cases():
     diff = convmat.ConvOperator(np.array([1.0, -1.0]), (400,), padding=((0, 1),),
                                 padding_mode="replicate")
     assert convmat.condition_number(diff, dense_limit=0) == np.inf
+
+
+# --------------------------------------------------------------------------- the roundings
+def _float64_norm_ratio(op, v):
+    """``||A v|| / ||v||`` from the operator's dense matrix widened to double precision."""
+    a = op.matrix.toarray()
+    a = a.astype(np.result_type(a.dtype, np.float64))
+    v = v.astype(np.result_type(v.dtype, np.float64))
+    return np.linalg.norm(a @ v) / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex64", "float64"])
+def test_the_lower_bound_carries_the_products_rounding(dtype):
+    """The certified ratio sits under the ratio of the exact matrix (widened to float64),
+    by at most ``gamma_K`` times the entrywise-absolute product ``|A_1| |A_2| ... |v|``
+    (written here with dense NumPy matrices), for convolutions of every kind and their
+    compositions, sums, scalings and stacks."""
+    from convmat.spectral import _certified_ratio
+
+    rng = np.random.default_rng(3)
+    w = random_array(rng, (4, 3, 3, 3), dtype)
+    c = [convmat.ConvOperator(w, (3, 11, 12), stride=2, padding=2, padding_mode=mode)
+         for mode in ("zeros", "reflect", "circular", "replicate")]
+    # |A| tap by tap: the matrix of |w| (a padded sample read by two taps sums both)
+    m = [op.with_weight(abs(w)).matrix.toarray().astype(np.float64) for op in c]
+    cases = [(op, a) for op, a in zip(c, m, strict=True)]
+    cases += [(c[0].T, m[0].T), (c[1].H, m[1].T), (-2.5 * (c[1].H @ c[1]), 2.5 * m[1].T @ m[1]),
+              (c[0] @ c[2].T + c[3] @ c[1].H, m[0] @ m[2].T + m[3] @ m[1].T),
+              (convmat.vstack([c[0], c[1]]), np.vstack([m[0], m[1]])),
+              (convmat.MatrixOperator(c[2].matrix), m[2])]
+    eps = np.finfo(np.dtype(dtype)).eps
+    for op, mag in cases:
+        v = random_array(rng, (op.shape[1],), dtype)
+        exact = _float64_norm_ratio(op, v)
+        ratio, lower = _certified_ratio(op, v)
+        assert lower <= exact and abs(ratio - exact) <= 1e3 * eps * exact, (op, exact, ratio)
+        # K <= 1700 terms per output: the replicate-padded convolution (3 copies of an edge
+        # sample per axis: 9) after the reflect-padded one (4), (3 + 4) channels x 9 taps x
+        # (9 + 4) = 819, doubled by complex arithmetic, plus the sum's rounding
+        slack = np.linalg.norm(mag @ abs(v)) / np.linalg.norm(v)
+        assert exact - lower <= 1.01 * 1700 * eps * slack, (op, exact, lower)
+
+    class Opaque(convmat.algebra.ReshapedOperator):
+        """A subclass of a known composite: still read as one."""
+
+    ratio, lower = _certified_ratio(Opaque(c[0]), np.ones(c[0].shape[1], dtype))
+    assert 0 < lower <= ratio
+
+
+def test_the_lower_bound_stays_useful_in_float32_at_a_million_inputs():
+    """The slack counts the terms one output sums (27 here), not the operator's size."""
+    from convmat.spectral import _certified_ratio
+
+    rng = np.random.default_rng(4)
+    op = convmat.ConvOperator(rng.standard_normal((1, 1, 3, 3, 3)).astype(np.float32),
+                              (1, 100, 100, 100), padding=1)
+    chain = 0.5 * (op.H @ op)
+    v = rng.standard_normal(op.shape[1]).astype(np.float32)
+    ratio, lower = _certified_ratio(chain, v)
+    # gamma_55 |A| |v| is 1.3e-4 of ||A v|| here; a slack counting n = 10^6 terms per
+    # row would be 4 n eps = 0.48
+    assert 0 < ratio - lower <= 1e-3 * ratio
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_embedding_bound_of_float32_kernels_is_above_the_exact_norm(seed):
+    """Single-precision kernels are bounded in double precision, FFT rounding included: the
+    bound is never under the norm of the exact matrix (widened to float64) of the circular
+    convolution on the torus that holds the padded input, and within 1e-9 of it."""
+    rng = np.random.default_rng(900 + seed)
+    dtype = ["float32", "complex64"][seed % 2]
+    s = 1 + seed % 3
+    k, p = int(rng.integers(1, 5)), int(rng.integers(0, 3))
+    n = s * int(rng.integers(3, 6)) - 2 * p
+    n += s * -(-(k - n) // s) if n < k else 0
+    w = random_array(rng, (3, 2, k, k), dtype)
+    op = convmat.ConvOperator(w, (2, n, n), stride=s, padding=p)
+    torus = n + 2 * p
+    total = k - 1 - min(s - 1, k - 1)
+    circ = convmat.ConvOperator(w, (2, torus, torus), stride=s, padding=((0, total),) * 2,
+                                padding_mode="circular")
+    a = circ.matrix.toarray()
+    exact = np.linalg.norm(a.astype(np.result_type(a.dtype, np.float64)), 2)
+    bound = embedding_bound(op)
+    assert exact <= bound <= exact * (1 + 1e-9)
+
+
+def test_svds_says_how_far_arpack_got():
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    rng = np.random.default_rng(0)
+    op = convmat.ConvOperator(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), (2, 20, 20),
+                              padding=1)
+    with pytest.raises(ArpackNoConvergence, match=r"svds: ARPACK converged to 0 of the 3 "
+                       r"smallest singular triplets \(tol=0.0 \(machine precision\), maxiter=1, "
+                       r"float32\); raise maxiter or loosen tol: .* about 1.2e-07 times"):
+        convmat.svds(op, 3, which="smallest", maxiter=1)
