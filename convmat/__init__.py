@@ -43,6 +43,7 @@ from .matrix import conv, conv_matrix, conv_transpose, conv_transpose_matrix
 from .modules import from_torch
 from .onnxgraph import from_onnx
 from .operator import ConvOperator, gradient_operator
+from .regularization import ParameterChoice, estimate_noise
 from .separable import kron_matrix, kron_operator
 from .solvers import DeconvolutionResult, deconvolve
 from .spectral import (
@@ -64,6 +65,7 @@ __all__ = [
     "LipschitzBound",
     "MatrixOperator",
     "Operator",
+    "ParameterChoice",
     "ProductOperator",
     "ScaledOperator",
     "StackedOperator",
@@ -84,6 +86,7 @@ __all__ = [
     "crop_operator",
     "data",
     "deconvolve",
+    "estimate_noise",
     "from_onnx",
     "from_torch",
     "gradient_operator",

@@ -126,8 +126,11 @@ def one_blas_thread() -> contextlib.AbstractContextManager[None]:
     return blas_threads(1)
 
 
-def progress_bar(progress: bool, total: int, desc: str) -> Any:
-    """A tqdm bar of ``total`` iterations (None unless ``progress``); needs ``tqdm``."""
+def progress_bar(progress: bool, total: int | None, desc: str) -> Any:
+    """A tqdm bar of ``total`` steps (None unless ``progress``); needs ``tqdm``.
+
+    ``total=None`` gives a counter, for steps whose number is not known ahead.
+    """
     if not progress:
         return None
     try:

@@ -68,6 +68,9 @@ class DeconvolutionResult:
     history : dict of str to ndarray, or tuple of them, or None
         Per iteration (when asked): ``residual_norm`` (``||b - A x_k||`` of the stacked
         system, including the damping term) and ``normal_residual_norm``.
+    choice : ParameterChoice, or tuple of them, or None
+        When a rule chose ``damp`` or ``lam``: the value, the curve it came from and why
+        (:class:`convmat.regularization.ParameterChoice`).
     """
 
     x: Any
@@ -78,6 +81,7 @@ class DeconvolutionResult:
     residual_norm: Any
     normal_residual_norm: Any
     history: Any = None
+    choice: Any = None
 
     def __repr__(self) -> str:
         x = self.x

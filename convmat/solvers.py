@@ -242,8 +242,8 @@ def _run_bounded(p: Problem) -> Outcome:
         b = np.concatenate([b, np.zeros(n, dtype=b.dtype)])
     else:
         a = system.linear_operator()
-    res = lsq_linear(a, b, bounds=p.bounds, method="trf", lsq_solver="lsmr", tol=p.atol,
-                     max_iter=p.maxiter, lsmr_tol="auto")
+    res = lsq_linear(a, b, bounds=p.bounds or (-np.inf, np.inf), method="trf",
+                     lsq_solver="lsmr", tol=p.atol, max_iter=p.maxiter, lsmr_tol="auto")
     if p.tick is not None:
         for _ in range(res.nit):
             p.tick()
@@ -251,12 +251,89 @@ def _run_bounded(p: Problem) -> Outcome:
     return Outcome(res.x, int(res.nit), str(res.message), int(res.status) > 0, False)
 
 
+def _run_spg(p: Problem) -> Outcome:
+    """Spectral projected gradient (projected Barzilai-Borwein) for the box.
+
+    Minimises ``f(x) = ||A x - b||^2 / 2 + damp^2 ||x||^2 / 2`` over ``lower <= x <=
+    upper`` (Birgin, Martinez and Raydan 2000, SPG2): the step ``d = P(x - alpha g) - x``
+    with the Barzilai-Borwein ``alpha = s^T s / s^T y``, accepted whole when ``f`` stays
+    below the largest of its last 10 values (Grippo, Lampariello and Lucidi's nonmonotone
+    rule), else cut to the exact minimiser of the quadratic along ``d``. ``A x - b`` and
+    ``A d`` are carried, so an iteration costs one product with ``A`` and one with ``A^H``.
+    Stops when the projected gradient ``||P(x - g) - x||`` is at most ``atol ||A^H b||``,
+    when ``||W x - y|| <= btol ||y||`` (the discrepancy, with ``stop``), or at ``limit``.
+    """
+    system, b, damp, xp = p.system, p.b, p.damp, p.system.xp
+    m = system.m
+    lo, hi = (np.full(system.n, -np.inf), np.full(system.n, np.inf)) if p.bounds is None \
+        else p.bounds
+    lo, hi = xp.asarray(lo), xp.asarray(hi)
+
+    def project(v: Any) -> Any:
+        return xp.minimum(xp.maximum(v, lo), hi)
+
+    def objective(r: Any, x: Any) -> float:
+        return 0.5 * float(xp.vdot(r, r).real) + 0.5 * damp * damp * float(xp.vdot(x, x).real)
+
+    x = project(p.start.astype(b.dtype, copy=True))
+    r = system.matvec(x) - b
+    g = system.rmatvec(r) + damp * damp * x
+    scale = _norm(system.rmatvec(b), xp)
+    target = p.btol * _norm(b[:m], xp)
+    history: dict[str, list[float]] = {"residual_norm": [], "normal_residual_norm": []}
+    ag = system.matvec(g)  # a Cauchy step to start: alpha = g^T g / ||A g||^2
+    gg = float(xp.vdot(g, g).real)
+    curvature = float(xp.vdot(ag, ag).real) + damp * damp * gg
+    alpha = gg / curvature if curvature > 0 else 1.0
+    recent = [objective(r, x)]
+    reason, converged, k = f"iteration limit reached (maxiter={p.limit})", False, 0
+    for k in range(1, p.limit + 1):
+        pg = _norm(project(x - g) - x, xp)
+        if pg <= p.atol * scale:
+            reason = (f"projected gradient small: ||P(x - g) - x|| = {pg:.3g} <= atol "
+                      "||A^H b|| (a solution in the box)")
+            converged, k = True, k - 1
+            break
+        if _norm(r[:m], xp) <= target:
+            reason = "discrepancy reached"
+            converged, k = True, k - 1
+            break
+        d = project(x - alpha * g) - x
+        ad = system.matvec(d)
+        gd = float(xp.vdot(g, d).real)
+        dd = float(xp.vdot(ad, ad).real) + damp * damp * float(xp.vdot(d, d).real)
+        if gd >= 0 or dd == 0:  # no descent left at this precision
+            reason = "no descent direction left (stationary to rounding)"
+            converged, k = True, k - 1
+            break
+        step = 1.0
+        if recent[-1] + gd + 0.5 * dd > max(recent) + 1e-4 * gd:
+            step = min(1.0, -gd / dd)  # the exact minimiser along d
+        x = x + step * d
+        r = r + step * ad
+        if k % 50 == 0:  # refresh the carried residual
+            r = system.matvec(x) - b
+        g_new = system.rmatvec(r) + damp * damp * x
+        sy = step * float(xp.vdot(d, g_new - g).real)
+        g = g_new
+        alpha = step * step * float(xp.vdot(d, d).real) / sy if sy > 0 else 1e10 * alpha
+        alpha = min(max(alpha, 1e-30), 1e30)
+        recent = (recent + [objective(r, x)])[-10:]
+        history["residual_norm"].append(math.sqrt(2 * recent[-1]))
+        history["normal_residual_norm"].append(pg)
+        p.callback(k, x)
+    return Outcome(x, k, reason, converged, False, history)
+
+
 #: The methods of :func:`deconvolve` by name, with SciPy's default iteration limits
-#: (``2 n`` for lsqr, ``min(m, n)`` for lsmr; ``n`` for cgls).
+#: (``2 n`` for lsqr, ``min(m, n)`` for lsmr; ``n`` for cgls); ``spg`` (the box's fast
+#: path) stops at 1000 iterations by default.
 REGISTRY: dict[str, Method] = {
     "lsqr": Method(_run_lsqr, lambda m, n: 2 * n),
     "lsmr": Method(_run_lsmr, lambda m, n: min(m, n), iterates=False),
     "cgls": Method(_run_cgls, lambda m, n: n),
+    "spg": Method(_run_spg, lambda m, n: 1000),
+    "lsq_linear": Method(_run_bounded, lambda m, n: n, iterates=False),
 }
 METHODS = tuple(REGISTRY)
 
@@ -413,9 +490,12 @@ def deconvolve(
     op: Any,
     *,
     method: str = "lsqr",
-    damp: float = 0.0,
+    damp: float | str = 0.0,
     regularizer: Any = None,
-    lam: float = 1.0,
+    lam: float | str = 1.0,
+    noise_level: float | str | None = None,
+    tau: float = 1.0,
+    stop: str | None = None,
     x0: Any = None,
     bounds: Any = None,
     atol: float = 1e-6,
@@ -445,15 +525,30 @@ def deconvolve(
         ``bounds``, ``scipy.optimize.lsq_linear`` (trust-region reflective with LSMR) runs
         instead. On the GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr`
         and :func:`cgls`.
-    damp : float
+    damp : float or {'discrepancy', 'gcv', 'lcurve'}
         Tikhonov damping: adds ``damp^2 ||x||^2`` (of ``x`` itself, whatever ``x0`` is).
-        A real number in ``[0, MAX_DAMP]`` (``1e50``, see Notes).
+        A real number in ``[0, MAX_DAMP]`` (``1e50``, see Notes), or a rule that chooses it
+        from the data (:mod:`convmat.regularization`): the discrepancy principle (needs
+        ``noise_level``), generalised cross-validation (Hutchinson's trace) or the L-curve's
+        corner. The choice, with the curve it came from, is in ``result.choice``.
     regularizer : {'gradient'}, sparse matrix, ConvOperator or LinearOperator, optional
         ``D`` in ``lam^2 ||D x||^2``; ``'gradient'`` is :func:`convmat.gradient_operator`
         (forward differences along every spatial axis). The stacked system ``[W; lam D]``
         is applied as an operator, without copying ``W``.
-    lam : float
-        Weight of the regularizer, a real number in ``[0, MAX_DAMP]``.
+    lam : float or {'discrepancy', 'gcv', 'lcurve'}
+        Weight of the regularizer, a real number in ``[0, MAX_DAMP]``, or a rule as for
+        ``damp`` (one of the two at most).
+    noise_level : float or 'estimate', optional
+        The standard deviation ``sigma`` of the noise in ``y``, for the discrepancy
+        principle (``damp``/``lam`` or ``stop``); ``'estimate'`` estimates it from each
+        sample (:func:`convmat.estimate_noise`: the wavelet MAD).
+    tau : float
+        The discrepancy's safety factor (>= 1 in theory): the target residual is
+        ``||W x - y|| = tau sigma sqrt(m)``, ``m`` the outputs.
+    stop : {'discrepancy'}, optional
+        Stop the Krylov iterations once ``||W x - y|| <= tau sigma sqrt(m)`` (early
+        stopping regularises: the iterates first approach the truth, then fit the noise).
+        Sets ``btol`` to that ratio and ``atol`` to 0.
     x0 : array_like, optional
         Initial guess shaped like the input (or flat), finite, on the operator's backend.
         A starting point only: it never changes the problem solved (see Notes). Not used
@@ -549,12 +644,17 @@ def deconvolve(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
-    damp = _check_number("damp", damp, MAX_DAMP,
-                         "beyond ~1e8 ||W|| the solution is W^H y / damp^2 to machine "
-                         "precision")
-    lam = _check_number("lam", lam, MAX_DAMP,
-                        "beyond ~1e8 ||W|| / ||D|| the solution is the least-squares one "
-                        "restricted to the null space of D to machine precision")
+    rule, parameter = _rule(damp, lam, regularizer, noise_level, stop)
+    damp_value = 0.0 if parameter == "damp" else _check_number(
+        "damp", damp, MAX_DAMP,
+        "beyond ~1e8 ||W|| the solution is W^H y / damp^2 to machine precision")
+    lam_value = 0.0 if parameter == "lam" else _check_number(
+        "lam", lam, MAX_DAMP,
+        "beyond ~1e8 ||W|| / ||D|| the solution is the least-squares one restricted to the "
+        "null space of D to machine precision")
+    tau = _check_number("tau", tau)
+    if isinstance(noise_level, numbers.Real) and not isinstance(noise_level, bool):
+        noise_level = _check_number("noise_level", noise_level)
     atol = _check_number("atol", atol)
     btol = _check_number("btol", btol)
     maxiter = _check_maxiter(maxiter)
@@ -564,39 +664,167 @@ def deconvolve(
         batch = batch - op.offset.reshape(1, -1)
     reg = resolve_regularizer(regularizer, op)
     complex_ = op.dtype.kind == "c" or batch.dtype.kind == "c"
-    if bounds is not None and op.device != "cpu":
+    if (bounds is not None or method in ("spg", "lsq_linear")) and op.device != "cpu":
         raise ValueError(
-            "bounds run scipy.optimize.lsq_linear, which works on the CPU only; move the "
-            "problem there (op.to_cpu(), convmat.to_cpu(y)) or drop the bounds"
+            "bounds (spg, lsq_linear) run on the CPU only; move the problem there "
+            "(op.to_cpu(), convmat.to_cpu(y)) or drop the bounds"
         )
+    if (method in ("spg", "lsq_linear")) and complex_:
+        raise TypeError(f"method={method!r} needs a real problem; the operator or y is complex")
     box = _bounds(bounds, op, complex_)
+    name = _bounded_name(method) if box is not None else method
     wants_iterates = callback is not None or history
-    if wants_iterates and (box is not None or not REGISTRY[method].iterates):
-        what = "bounds (lsq_linear)" if box is not None else f"method={method!r} (SciPy's)"
+    if wants_iterates and not REGISTRY[name].iterates:
         exposing = " or ".join(repr(k) for k, m in REGISTRY.items() if m.iterates)
         raise ValueError(
-            f"callback and history need the iterates, which {what} does not expose; "
-            f"use method={exposing}"
+            f"callback and history need the iterates, which method={name!r} (SciPy's) does "
+            f"not expose; use method={exposing}"
         )
     start = _check_x0(x0, op, complex_)
     xp = op.xp
-    name = "lsq_linear" if box is not None else method
     if batch.shape[0] == 0:
         dtype = np.result_type(op.dtype, batch.dtype, np.float32)
         return DeconvolutionResult(xp.zeros((0, *op.input_shape), dtype=dtype), name,
                                    (), (), (), (), (), ())
 
-    system = StackedSystem(op, reg, lam)
-    results = []
+    system = StackedSystem(op, reg, lam_value)
+    results, choices = [], []
     with one_blas_thread():
         for b in batch:
-            results.append(_solve_one(system, b, method, damp, box, start, atol, btol,
-                                      maxiter, callback, progress, history))
+            sigma = _sigma(noise_level, b, op)
+            if rule is not None and parameter is not None:
+                out, choice = _choose(rule, parameter, system, op, reg, b, method, damp_value,
+                                      box, start, atol, btol, maxiter, sigma, tau, progress)
+                results.append(out)
+                choices.append(choice)
+                continue
+            b_atol, b_btol = atol, btol
+            if stop is not None and sigma is not None:  # LSQR's test 1 with atol = 0
+                b_atol = 0.0
+                b_btol = tau * sigma * math.sqrt(b.size) / max(_norm(b, xp), 1e-300)
+            out = _solve_one(system, b, method, damp_value, box, start, b_atol, b_btol,
+                             maxiter, callback, progress, history)
+            if stop is not None and out[2] == STOP_REASONS[1]:
+                out = (*out[:2], (f"discrepancy reached: ||W x - y|| = {out[4]:.6g} <= tau "
+                                  f"sigma sqrt(m) = {b_btol * _norm(b, xp):.6g}"), *out[3:])
+            results.append(out)
     xs = xp.stack([r[0] for r in results]).reshape((len(results), *op.input_shape))
     fields = list(zip(*(r[1:] for r in results), strict=True))
     if single:
-        return DeconvolutionResult(xs[0], name, *(f[0] for f in fields))
-    return DeconvolutionResult(xs, name, *(tuple(f) for f in fields))
+        result = DeconvolutionResult(xs[0], name, *(f[0] for f in fields))
+        return dataclasses.replace(result, choice=choices[0] if choices else None)
+    result = DeconvolutionResult(xs, name, *(tuple(f) for f in fields))
+    return dataclasses.replace(result, choice=tuple(choices) if choices else None)
+
+
+def _rule(damp: Any, lam: Any, regularizer: Any, noise_level: Any,
+          stop: Any) -> tuple[str | None, str | None]:
+    """The rule asked for ``damp`` or ``lam`` (at most one), checked with its needs."""
+    from .regularization import RULES
+
+    asked = [(name, value) for name, value in (("damp", damp), ("lam", lam))
+             if isinstance(value, str)]
+    if len(asked) > 1:
+        raise ValueError("damp and lam cannot both be chosen by a rule; fix one of them")
+    rule, parameter = asked[0][1] if asked else None, asked[0][0] if asked else None
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"{parameter}={rule!r} is not a number nor one of "
+                         f"{', '.join(map(repr, RULES))}")
+    if parameter == "lam" and regularizer is None:
+        raise ValueError(f"lam={rule!r} chooses the regularizer's weight: pass regularizer=")
+    if stop is not None and stop != "discrepancy":
+        raise ValueError(f"stop={stop!r} is not known; use stop='discrepancy' (or None)")
+    if stop is not None and rule is not None:
+        raise ValueError("stop='discrepancy' stops the iterations instead of choosing a "
+                         f"weight; drop {parameter}={rule!r} or stop")
+    needs = "discrepancy" in (rule, stop)
+    if needs and noise_level is None:
+        raise ValueError("the discrepancy principle needs noise_level=sigma (the noise's "
+                         "standard deviation) or noise_level='estimate'")
+    if isinstance(noise_level, str) and noise_level != "estimate":
+        raise ValueError(f"noise_level={noise_level!r} must be a number or 'estimate'")
+    return rule, parameter
+
+
+def _sigma(noise_level: Any, b: Any, op: Operator) -> float | None:
+    """``noise_level``, or its estimate from the sample ``b`` (the spatial axes)."""
+    if noise_level is None:
+        return None
+    if noise_level != "estimate":
+        return float(noise_level)
+    from .regularization import estimate_noise
+    from .system import spatial_axes
+
+    out = op.output_shape
+    spatial = min(spatial_axes(op), len(out))
+    return estimate_noise(b.real.reshape(out), axes=range(len(out) - spatial, len(out)))
+
+
+def _power_norm(matvec: Callable[[Any], Any], rmatvec: Callable[[Any], Any], n: int,
+                xp: ModuleType, dtype: Any, steps: int = 12) -> float:
+    """``||A||`` estimated by power iteration on ``A^H A`` (the rules' scale, not a bound)."""
+    v = xp.asarray(np.random.default_rng(0).standard_normal(n)).astype(dtype)
+    norm = 0.0
+    for _ in range(steps):
+        w = rmatvec(matvec(v))
+        wn = float(xp.linalg.norm(w))
+        if wn == 0:
+            return 0.0
+        norm, v = math.sqrt(wn / float(xp.linalg.norm(v))), w / wn
+    return norm
+
+
+def _choose(rule: str, parameter: str, system: StackedSystem, op: Operator, reg: Any, y: Any,
+            method: str, damp: float, box: Any, start: Any, atol: float, btol: float,
+            maxiter: int | None, sigma: float | None, tau: float,
+            progress: bool) -> tuple[tuple[Any, ...], Any]:
+    """Choose ``damp`` or ``lam`` for one sample by ``rule``; the solve at the choice."""
+    from .regularization import choose_parameter
+
+    xp = system.xp
+    dtype = np.result_type(system.dtype, y.dtype, np.float32)
+    y = y.astype(dtype, copy=False)
+    w_norm = _power_norm(lambda v: system.w @ v, lambda u: system.wh @ u, system.n, xp, dtype)
+    scale = w_norm
+    if parameter == "lam":
+        reg_h = system.reg_h
+        d_norm = _power_norm(lambda v: reg @ v, lambda u: reg_h @ u, system.n, xp, dtype)
+        scale = w_norm / d_norm if d_norm > 0 else w_norm
+    full: dict[float, tuple[Any, ...]] = {}
+
+    def solve(value: float, rhs: Any, x0: Any) -> Any:
+        if parameter == "lam":
+            system.lam = value
+        out = _solve_one(system, rhs, method, value if parameter == "damp" else damp, box,
+                         x0, atol, btol, maxiter, None, False, False)
+        if rhs is y:
+            full[value] = out
+        return out[0], bool(out[3])
+
+    def residual(x: Any) -> float:
+        return _norm(system.w @ system._at_matrix_precision(x) - y, xp)
+
+    def penalty(x: Any) -> float:
+        return _norm(x if parameter == "damp" else reg @ x, xp)
+
+    bar = progress_bar(progress, None, f"{parameter}={rule} (solves)")
+    try:
+        choice, _ = choose_parameter(
+            rule, solve, residual, penalty,
+            lambda x: system.w @ system._at_matrix_precision(x), y, scale=scale,
+            parameter=parameter, noise_level=sigma, tau=tau,
+            tick=None if bar is None else (lambda: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    if parameter == "lam":
+        system.lam = choice.value
+    return full[choice.value], choice
+
+
+def _bounded_name(method: str) -> str:
+    """The method that runs with bounds: ``lsq_linear`` when asked, else ``spg``."""
+    return "lsq_linear" if method == "lsq_linear" else "spg"
 
 
 def _times_pow2(a: Any, e: int) -> Any:
@@ -626,7 +854,8 @@ def _solve_one(system: StackedSystem, y: Any, method: str, damp: float, box: Any
     n, xp = system.n, system.xp
     dtype = np.result_type(system.dtype, y.dtype, np.float32)
     y = y.astype(dtype, copy=False)
-    limit = maxiter if maxiter is not None else REGISTRY[method].default_maxiter(*system.shape)
+    solver = _bounded_name(method) if box is not None else method
+    limit = maxiter if maxiter is not None else REGISTRY[solver].default_maxiter(*system.shape)
     amax = float(xp.max(xp.abs(y)))
     if amax == 0.0 and box is None:  # x = 0 is exact (x0 cannot improve on it)
         none = {"residual_norm": np.zeros(0), "normal_residual_norm": np.zeros(0)}
@@ -637,8 +866,8 @@ def _solve_one(system: StackedSystem, y: Any, method: str, damp: float, box: Any
     b = system.rhs(_times_pow2(y, -e))
     start = xp.zeros(n, dtype=dtype) if x0 is None else _times_pow2(x0.astype(dtype), -e)
     scaled_box = None if box is None else (_times_pow2(box[0], -e), _times_pow2(box[1], -e))
-    name = "lsq_linear" if box is not None else method
-    run = _run_bounded if box is not None else REGISTRY[method].run
+    name = _bounded_name(method) if box is not None else method
+    run = REGISTRY[name].run
     bar = progress_bar(progress, limit, name)
     tick = None if bar is None else (lambda: bar.update(1))
 

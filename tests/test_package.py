@@ -70,7 +70,7 @@ FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "transpose
         "guard", "csr", "geometry", "indices", "transposed", "products", "structured", "matrix",
         "algebra", "operator", "separable", "layers", "modules", "interop", "onnxgraph",
         "spectral", "result", "krylov",
-        "system", "solvers"]
+        "system", "regularization", "solvers"]
 LEAVES = ["viz", "petsc", "cli", "__main__"]
 
 

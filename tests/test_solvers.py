@@ -349,7 +349,8 @@ def test_bounds_nonnegativity_matches_dense_lsq_linear():
     W = op.matrix.toarray()
     for damp, (lo, hi) in [(0.0, (0.0, np.inf)), (0.3, (0.1, 0.5))]:
         bounds = (0, None) if damp == 0 else (0.1, np.full((8, 8), 0.5))
-        res = deconvolve(y, op, bounds=bounds, damp=damp, atol=tol, maxiter=500)
+        res = deconvolve(y, op, bounds=bounds, damp=damp, atol=tol, maxiter=500,
+                         method="lsq_linear")
         assert res.method == "lsq_linear" and res.converged
         assert res.stop_reason == "The first-order optimality measure is less than `tol`."
         x = res.x.ravel()
@@ -640,7 +641,9 @@ def test_numpy_integers_and_floats_accepted(small):
         (dict(atol=-1e-3), ValueError, r"atol must be a finite number >= 0"),
         (dict(btol=np.inf), ValueError, r"btol must be a finite number >= 0, got btol=inf"),
         (dict(damp=None), TypeError, r"damp must be a real number, got NoneType None"),
-        (dict(damp="1"), TypeError, r"damp must be a real number, got str '1'"),
+        (dict(damp="1"), ValueError, r"damp='1' is not a number nor one of 'discrepancy', "
+                                      r"'gcv', 'lcurve'"),
+        (dict(damp=b"1"), TypeError, r"damp must be a real number, got bytes b'1'"),
         (dict(lam=True), TypeError, r"lam must be a real number, got bool True"),
         (dict(atol=1j), TypeError, r"atol must be a real number, got complex 1j"),
         (dict(btol=np.ones(1)), TypeError, r"btol must be a real number, got ndarray"),
@@ -672,11 +675,12 @@ def test_numpy_integers_and_floats_accepted(small):
                                                     r"flat \(60,\)"),
         (dict(bounds=(0, "a")), TypeError, r"bounds\[1\] must be real numbers \(or None\), "
                                            r"got dtype <U1"),
-        (dict(bounds=(0, None), history=True), ValueError,
-         r"callback and history need the iterates, which bounds \(lsq_linear\) does not "
-         r"expose"),
+        (dict(bounds=(0, None), history=True, method="lsq_linear"), ValueError,
+         r"callback and history need the iterates, which method='lsq_linear' \(SciPy's\) "
+         r"does not expose"),
         (dict(method="lsmr", callback=print), ValueError,
-         r"which method='lsmr' \(SciPy's\) does not expose; use method='lsqr' or 'cgls'"),
+         r"which method='lsmr' \(SciPy's\) does not expose; use method='lsqr' or 'cgls' or "
+         r"'spg'"),
         (dict(x0=np.ones(7)), ValueError, r"x0 has shape \(7,\) but the operator's input has "
                                           r"shape \(2, 6, 5\) \(60 entries; a flat \(60,\) "
                                           r"is accepted too\)"),
@@ -704,8 +708,8 @@ def test_bounds_refused_off_the_cpu(small, monkeypatch):
     """The check runs before any data moves; the operator is made to claim a GPU."""
     _, op, x = small
     monkeypatch.setattr(ConvOperator, "device", property(lambda self: "cuda:0"))
-    with pytest.raises(ValueError, match=r"bounds run scipy.optimize.lsq_linear, which works "
-                                         r"on the CPU only; move the problem there"):
+    with pytest.raises(ValueError, match=r"bounds \(spg, lsq_linear\) run on the CPU only; "
+                                         r"move the problem there"):
         deconvolve(op @ x, op, bounds=(0, None))
 
 
