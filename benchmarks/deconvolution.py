@@ -43,6 +43,7 @@ import numpy as np
 import scipy.fft
 
 import convmat
+from convmat.metrics import psnr
 
 from timing import available_cpus, median_time, pin_threads
 
@@ -79,10 +80,6 @@ def timed(fn, repeats: int = 3):
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
-
-
-def psnr(ref: np.ndarray, img: np.ndarray) -> float:
-    return 10 * np.log10(1.0 / np.mean((ref - img) ** 2))
 
 
 def per_iteration_table(cases, threads: int) -> list[str]:

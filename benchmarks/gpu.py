@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import convmat
+from convmat import metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build import CASES, QUICK  # noqa: E402 - the same cases as the CPU benchmark
@@ -245,7 +246,7 @@ def deblur_table(dev: Device, n: int, k: int) -> list[str]:
     print("\n".join(lines), flush=True)
 
     def psnr(x: np.ndarray) -> float:
-        return float(10 * np.log10(1.0 / np.mean((x - truth) ** 2)))
+        return metrics.psnr(truth, x)
 
     runs = [("CPU (SciPy)", np, kernel, y)]
     if dev.kind == "gpu":

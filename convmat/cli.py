@@ -33,6 +33,7 @@ from . import (
 from .backend import format_bytes
 from .data import phantom
 from .guard import check_memory
+from .metrics import psnr
 
 __all__ = [
     "UsageError",
@@ -396,12 +397,6 @@ def write_image(path: Path, img: np.ndarray, what: str = "-o") -> Path:
     except OSError as exc:
         raise UsageError(f"{what} {path}: cannot write it ({_one_line(exc)})") from None
     return path
-
-
-def psnr(truth: np.ndarray, img: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB for images in ``[0, 1]``."""
-    mse = float(np.mean((truth - img) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 # --------------------------------------------------------------------------- commands

@@ -14,6 +14,7 @@ and returns a :class:`ParameterChoice`: the value, the curve it came from, and w
   by Hutchinson's estimator ``z^T A z`` over Rademacher probes ``z`` (Hutchinson 1989; with
   ``m`` outputs one probe's relative error is about ``sqrt(2 tr A) / (m - tr A)``), each a
   solve with ``rhs = z``. A decade grid brackets the minimum, golden-section search refines.
+  GCV is known to under-regularise when ``V`` is flat near its minimum (README's table).
 * **L-curve** (Hansen 1992): the corner of ``(log ||W x - y||, log ||L x||)``, the point of
   largest curvature of a cubic spline through a grid of three values per decade (down to
   the first solve that does not converge).
@@ -282,8 +283,8 @@ def _discrepancy(at: Callable[[float], tuple[Any, float, float, bool]], target: 
 def _gcv(v: Callable[[float], float]) -> tuple[float, str, dict[float, float]]:
     """The minimiser of ``V(t)``.
 
-    Decades down from ``t = 1`` until ``V`` rises, then golden-section search on the
-    bracket of the lowest decade to 0.01 in ``t``.
+    Decades down from ``t = 0`` until ``V`` rises, then golden-section search on the
+    bracket of the lowest decade to 0.05 in ``t`` (12% in the weight; ``V`` is flat there).
     """
     crit: dict[float, float] = {}
 
@@ -292,8 +293,8 @@ def _gcv(v: Callable[[float], float]) -> tuple[float, str, dict[float, float]]:
         crit[round(t, 6)] = value
         return value
 
-    ts = [1.0]
-    vals = [g(1.0)]
+    ts = [0.0]
+    vals = [g(0.0)]
     while ts[-1] - 1 >= T_RANGE[0]:
         ts.append(ts[-1] - 1)
         vals.append(g(ts[-1]))
@@ -304,7 +305,7 @@ def _gcv(v: Callable[[float], float]) -> tuple[float, str, dict[float, float]]:
     ratio = (math.sqrt(5) - 1) / 2
     c, d = b - ratio * (b - a), a + ratio * (b - a)
     gc, gd = g(c), g(d)
-    while b - a > 0.01:
+    while b - a > 0.05:
         if gc < gd:
             b, d, gd = d, c, gc
             c = b - ratio * (b - a)
@@ -349,6 +350,11 @@ def _lcurve(at: Callable[[float], tuple[Any, float, float, bool]]) -> tuple[
     kappa = np.nan_to_num(kappa, nan=-np.inf)
     k = int(np.argmax(kappa))
     crit = {round(float(t), 6): float(np.interp(t, fine, kappa)) for t in ts}
+    if kappa[k] <= 0:
+        return float(fine[k]), (
+            f"the L-curve has no corner over the {len(ts)} weights whose solves converged (its "
+            f"curvature is never positive); the point of largest curvature ({kappa[k]:.4g}) "
+            "is chosen: raise maxiter, or prefer 'gcv' or 'discrepancy'"), crit
     return float(fine[k]), (f"the L-curve (log ||W x - y||, log penalty) bends most here "
                             f"(curvature {kappa[k]:.4g})"), crit
 

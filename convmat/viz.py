@@ -43,6 +43,27 @@ def _as_operator(obj: Any) -> ConvOperator:
     return obj.to_cpu()
 
 
+def _matrix(obj: Any) -> tuple[Any, ConvOperator | None]:
+    """``(CSR on the host, the operator or None)`` for an operator or a plain matrix.
+
+    A SciPy or CuPy sparse matrix, or a dense 2-D array, is drawn without a geometry (no
+    channel boundaries or position labels).
+    """
+    import scipy.sparse as sp
+
+    if isinstance(obj, ConvOperator):
+        op = obj.to_cpu()
+        return sp.csr_array(op.matrix), op
+    if hasattr(obj, "get") and hasattr(obj, "tocsr"):  # cupyx.scipy.sparse
+        obj = obj.get()
+    elif hasattr(obj, "get") and hasattr(obj, "ndim"):  # a CuPy array
+        obj = obj.get()
+    if sp.issparse(obj) or (isinstance(obj, np.ndarray) and obj.ndim == 2):
+        return sp.csr_array(obj), None
+    raise TypeError(f"expected a ConvOperator or a 2-D (sparse) matrix, got "
+                    f"{type(obj).__name__}")
+
+
 def _channels(shape: tuple[int, ...], spatial_ndim: int,
               last: bool = False) -> tuple[int, tuple[int, ...]]:
     """``(channels, spatial)`` of an operator shape (1 channel for a spatial-only shape)."""
@@ -92,20 +113,27 @@ def position_labels(shape: tuple[int, ...]) -> list[str]:
     return [str(tuple(int(v) for v in idx)) for idx in np.ndindex(*shape)]
 
 
-def spy(op: ConvOperator, ax: Any = None, *, markersize: float | None = None,
+def spy(op: Any, ax: Any = None, *, markersize: float | None = None,
         max_points: int = 200_000, boundaries: bool = True) -> Any:
     """Sparsity plot of ``op.matrix`` with channel (thin) and group (thick) boundaries.
 
     Rows are labelled by output channel and columns by input channel (tick at the middle
     of each block). Above ``max_points`` entries the pattern is drawn as a density image.
-    Returns the matplotlib ``Axes``.
+    ``op`` may also be a plain SciPy or CuPy sparse matrix (or a dense 2-D array), drawn
+    without channel boundaries. Returns the matplotlib ``Axes``.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> ax = spy(sp.eye_array(5, format="csr"))
+    >>> ax.get_title()
+    '5x5, nnz=5'
     """
-    op = _as_operator(op)
+    w, op = _matrix(op)
     plt = _pyplot()
+    rows, cols = w.shape
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6 * min(2.0, max(0.25, op.shape[0] / op.shape[1]))))
-    w = op.matrix
-    rows, cols = op.shape
+        _, ax = plt.subplots(figsize=(6, 6 * min(2.0, max(0.25, rows / max(cols, 1)))))
     if w.nnz <= max_points:
         coo = w.tocoo()
         size = markersize if markersize is not None else max(0.5, 300 / max(rows, cols))
@@ -118,6 +146,11 @@ def spy(op: ConvOperator, ax: Any = None, *, markersize: float | None = None,
         dens = pattern_density(w, (min(rows, 600), min(cols, 600)))
         ax.imshow(np.log1p(dens), cmap="Blues", aspect="auto",
                   extent=(-0.5, cols - 0.5, rows - 0.5, -0.5), interpolation="nearest")
+    ax.set_title(f"{rows}x{cols}, nnz={w.nnz:,}")
+    if op is None:
+        ax.set_xlabel("columns")
+        ax.set_ylabel("rows")
+        return ax
     bounds = block_boundaries(op)
     if boundaries:
         for r in bounds["row_channels"]:
@@ -145,26 +178,32 @@ def spy(op: ConvOperator, ax: Any = None, *, markersize: float | None = None,
         ax.set_xticklabels([f"in {c}" for c in range(c_in)], rotation=90)
     ax.set_xlabel(f"columns: input {op.input_shape} raveled")
     ax.set_ylabel(f"rows: output {op.output_shape} raveled")
-    ax.set_title(f"{op.shape[0]}x{op.shape[1]}, nnz={op.nnz:,}")
     return ax
 
 
-def heatmap(op: ConvOperator, ax: Any = None, *, annotate: bool = True,
+def heatmap(op: Any, ax: Any = None, *, annotate: bool = True,
             max_size: int = 64, fmt: str = "{:g}") -> Any:
     """Dense heat map of a small ``op.matrix`` with values printed in the cells.
 
     Rows and columns are labelled by ``(channel, position)`` (position only for a
-    spatial-only shape). Raises ``ValueError`` above ``max_size`` rows or columns.
+    spatial-only shape; row and column numbers for a plain matrix). The text is white on
+    the darker cells. Raises ``ValueError`` above ``max_size`` rows or columns.
+
+    Examples
+    --------
+    >>> ax = heatmap(np.array([[0.0, 1.0], [2.0, 3.0]]))
+    >>> [t.get_text() for t in ax.texts], [t.get_color() for t in ax.texts][-1]
+    (['0', '1', '2', '3'], 'white')
     """
-    op = _as_operator(op)
-    rows, cols = op.shape
+    w, op = _matrix(op)
+    rows, cols = w.shape
     if max(rows, cols) > max_size:
         raise ValueError(
-            f"matrix of shape {op.shape} is too large for a dense heat map (max_size="
+            f"matrix of shape {w.shape} is too large for a dense heat map (max_size="
             f"{max_size}); use spy() or pass a larger max_size"
         )
     plt = _pyplot()
-    dense = op.matrix.toarray()
+    dense = w.toarray()
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4, 0.45 * cols + 1.5), max(2.5, 0.45 * rows + 1)))
     values = dense.real if np.iscomplexobj(dense) else dense
@@ -173,8 +212,14 @@ def heatmap(op: ConvOperator, ax: Any = None, *, annotate: bool = True,
     if annotate:
         for i in range(rows):
             for j in range(cols):
+                dark = abs(values[i, j]) > 0.55 * lim  # the RdBu ends: white text reads
+                color = "white" if dark else ("#222222" if dense[i, j] != 0 else "#bbbbbb")
                 ax.text(j, i, fmt.format(dense[i, j]), ha="center", va="center", fontsize=7,
-                        color="#222222" if dense[i, j] != 0 else "#bbbbbb")
+                        color=color)
+    if op is None:
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+        return ax
     nd = op.geometry.ndim
     ax.set_yticks(range(rows))
     ax.set_yticklabels(position_labels(op.output_shape), fontsize=7)
@@ -253,36 +298,57 @@ def footprint(op: ConvOperator, *, output_index: Any = None, input_index: Any = 
                          "axes (use receptive_field / contributions for the values)")
     if output_index is not None:
         values = receptive_field(op, output_index)
-        shape, title = op.input_shape, f"output {tuple(np.atleast_1d(output_index))} reads"
+        shape, title = op.input_shape, f"output {_plain(output_index)} reads"
     else:
         values = contributions(op, input_index)
-        shape, title = op.output_shape, f"input {tuple(np.atleast_1d(input_index))} feeds"
+        shape, title = op.output_shape, f"input {_plain(input_index)} feeds"
     last = op.geometry.channels_last
     channels, spatial = _channels(shape, nd, last)
     if last and len(shape) > nd:
         values = np.moveaxis(values, -1, 0)
     grid = values.reshape(channels, *([1] * (2 - nd)), *spatial).real
+    # the view: the cells touched, with a margin of 2, on large grids (else all of it)
+    touched = np.argwhere(np.any(grid != 0, axis=0))
+    h, w = grid.shape[1:]
+    (r0, c0), (r1, c1) = (0, 0), (h - 1, w - 1)
+    if touched.size and max(h, w) > 16:
+        r0, c0 = np.maximum(touched.min(axis=0) - 2, 0)
+        r1, c1 = np.minimum(touched.max(axis=0) + 2, (h - 1, w - 1))
+    vh, vw = int(r1 - r0 + 1), int(c1 - c0 + 1)
     plt = _pyplot()
     if fig is None:
-        h, w = grid.shape[1:]
-        fig = plt.figure(figsize=(min(16, 1 + channels * max(2.0, 0.4 * w)),
-                                  max(1.6, 0.4 * h + 1)))
+        cell = min(0.45, 4.0 / max(vh, vw))  # inches per cell, panels at most 4 in
+        fig = plt.figure(figsize=(min(16.0, 0.8 + channels * (cell * vw + 0.6)),
+                                  cell * vh + 1.2), layout="constrained")
     axes = fig.subplots(1, channels, squeeze=False)[0]
     lim = float(np.abs(grid).max()) or 1.0
+    from matplotlib.ticker import MaxNLocator
+
     for c, ax in enumerate(axes):
         masked = np.ma.masked_equal(grid[c], 0)
         ax.imshow(masked, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-        h, w = grid[c].shape
-        if h * w <= 400:
-            for i in range(h):
-                for j in range(w):
+        if vh * vw <= 400:
+            for i in range(int(r0), int(r1) + 1):
+                for j in range(int(c0), int(c1) + 1):
                     if grid[c, i, j] != 0:
+                        dark = abs(grid[c, i, j]) > 0.55 * lim
                         ax.text(j, i, f"{grid[c, i, j]:.3g}", ha="center", va="center",
-                                fontsize=7)
-        ax.set_xticks(np.arange(-0.5, w, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, h, 1), minor=True)
+                                fontsize=7, color="white" if dark else "#222222")
+        ax.set_xlim(c0 - 0.5, c1 + 0.5)
+        ax.set_ylim(r1 + 0.5, r0 - 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if nd == 1:
+            ax.set_yticks([])
+        ax.set_xticks(np.arange(c0 - 0.5, c1 + 1, 1), minor=True)
+        ax.set_yticks(np.arange(r0 - 0.5, r1 + 1, 1), minor=True)
         ax.grid(which="minor", color="#dddddd", lw=0.5)
         ax.tick_params(which="minor", length=0)
         ax.set_title(f"channel {c}" if channels > 1 else "", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _plain(index: Any) -> tuple[int, ...]:
+    """An index as a tuple of Python ints (titles read ``(0, 1)``, not ``np.int64(0)``)."""
+    return tuple(int(v) for v in np.atleast_1d(index))

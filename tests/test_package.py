@@ -71,7 +71,7 @@ FLOW = ["backend", "arguments", "sizes", "thumbnail", "data", "axes", "transpose
         "algebra", "operator", "separable", "layers", "modules", "interop", "onnxgraph",
         "spectral", "result", "krylov",
         "system", "regularization", "solvers"]
-LEAVES = ["viz", "petsc", "cli", "__main__"]
+LEAVES = ["viz", "metrics", "petsc", "cli", "__main__"]
 
 
 def _relative_imports(path):

@@ -127,8 +127,53 @@ def test_viz_errors():
     with pytest.raises(ValueError, match=r"footprint draws 1-D and 2-D grids; this operator "
                                          r"has 3 spatial axes"):
         viz.footprint(ConvOperator(np.ones((2, 2, 2)), (3, 3, 3)), output_index=(0, 0, 0))
+    with pytest.raises(TypeError, match=r"expected a ConvOperator or a 2-D \(sparse\) matrix, "
+                                        r"got list"):
+        viz.spy([[1, 0], [0, 1]])
     with pytest.raises(TypeError, match=r"expected a ConvOperator, got csr_array"):
-        viz.spy(op.matrix)
+        viz.receptive_field(op.matrix, 0)
+
+
+def test_plain_matrices_are_drawn_without_a_geometry():
+    """spy and heatmap take a SciPy CSR (or a dense 2-D array): the same marks, no labels."""
+    op = ConvOperator(np.array([[0.0, 1.0], [2.0, 3.0]]), (3, 3))
+    ax = viz.spy(op.matrix)
+    (line,) = ax.lines
+    coo = op.matrix.tocoo()
+    drawn = sorted(zip(line.get_xdata(), line.get_ydata(), strict=True))
+    assert drawn == sorted(zip(coo.col, coo.row, strict=True))
+    assert ax.get_title() == "4x9, nnz=16" and ax.get_xlabel() == "columns"
+    ax = viz.heatmap(op.matrix.toarray())
+    assert [t.get_text() for t in ax.texts] == [f"{v:g}" for v in op.matrix.toarray().ravel()]
+    plt.close("all")
+
+
+def test_heatmap_text_is_readable_on_dark_cells():
+    """The chapter's 4x9 matrix: its 3s (the darkest red) are written in white, the zeros in
+    light grey, the rest in near-black."""
+    op = ConvOperator(np.array([[0.0, 1.0], [2.0, 3.0]]), (3, 3))
+    ax = viz.heatmap(op)
+    colors = {t.get_text(): set() for t in ax.texts}
+    for t in ax.texts:
+        colors[t.get_text()].add(t.get_color())
+    assert colors == {"0": {"#bbbbbb"}, "1": {"#222222"}, "2": {"white"}, "3": {"white"}}
+    plt.close("all")
+
+
+def test_footprint_titles_sizes_and_ticks():
+    """Titles read plain ints; a large grid shows the touched cells (plus 2), at a sane
+    size, with integer ticks."""
+    op = ConvOperator(np.ones((3, 3)), (64, 64), padding=1)
+    fig = viz.footprint(op, output_index=(np.int64(10), np.int64(20)))
+    assert fig._suptitle.get_text() == "output (10, 20) reads"
+    w, h = fig.get_size_inches() * fig.dpi
+    assert w <= 600 and h <= 600, (w, h)
+    (ax,) = fig.axes
+    # output (10, 20) reads rows 9-11, columns 19-21; with the margin rows 7-13, columns 17-23
+    assert ax.get_xlim() == (16.5, 23.5) and ax.get_ylim() == (13.5, 6.5)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert len(ax.texts) == 9
+    plt.close("all")
 
 
 def test_repr_html_contains_shapes_nnz_and_thumbnail():
