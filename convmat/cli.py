@@ -33,7 +33,8 @@ from . import (
 from .backend import format_bytes
 from .data import phantom
 from .guard import check_memory
-from .metrics import psnr
+from .metrics import psnr, ssim
+from .regularization import RULES, estimate_noise
 
 __all__ = [
     "UsageError",
@@ -108,6 +109,54 @@ def _nonnegative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def _weight_option(text: str) -> float | str:
+    """An argparse ``type`` for ``--damp`` / ``--lam``: a number >= 0 or ``auto:RULE``."""
+    if text.startswith("auto:"):
+        rule = text[len("auto:"):]
+        if rule not in RULES:
+            raise argparse.ArgumentTypeError(
+                f"must be a number >= 0 or auto:{'|'.join(RULES)}, got {text!r}")
+        return rule
+    return _nonnegative_float(text)
+
+
+def _noise_option(text: str) -> float | str:
+    """An argparse ``type`` for ``--noise``: a number >= 0 or ``estimate``."""
+    return "estimate" if text == "estimate" else _nonnegative_float(text)
+
+
+def _bounds_option(text: str) -> tuple[float | None, float | None]:
+    """An argparse ``type`` for ``--bounds LO:HI`` (a side left empty is unbounded)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be LO:HI (e.g. 0: or 0:1), got {text!r}")
+    out: list[float | None] = []
+    for part in parts:
+        if not part.strip():
+            out.append(None)
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be LO:HI with numbers (e.g. 0: or 0:1), got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be LO:HI with finite numbers, got {text!r}")
+        out.append(value)
+    lo, hi = out
+    if lo is not None and hi is not None and lo >= hi:
+        raise argparse.ArgumentTypeError(f"LO must be < HI, got {text!r}")
+    return lo, hi
+
+
+def _scores(truth: np.ndarray, img: np.ndarray) -> str:
+    """``PSNR .. dB, SSIM ..`` of ``img`` against ``truth`` (scikit-image's)."""
+    try:
+        return f"PSNR {psnr(truth, img):.2f} dB, SSIM {ssim(truth, img):.3f}"
+    except ImportError:
+        return "PSNR/SSIM need scikit-image (pip install scikit-image)"
 
 
 def parse_shape(text: str, what: str) -> tuple[int, ...]:
@@ -465,12 +514,10 @@ def _plot_inspect(op: ConvOperator, path: Path) -> None:
         centre = tuple(s // 2 for s in op.output_shape)
         if op.geometry.ndim <= 2:
             viz.footprint(op, output_index=centre, fig=right)
-        try:
-            fig.savefig(path, dpi=110)
-        except OSError as exc:
-            raise UsageError(f"--plot {path}: cannot write it ({_one_line(exc)})") from None
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    _save(fig, path, "--plot")
 
 
 def _deblur(args: argparse.Namespace) -> int:
@@ -490,30 +537,44 @@ def _deblur(args: argparse.Namespace) -> int:
     with _refused(ConvMatrixTooLarge):
         op = ConvOperator(psf, image.shape, **options)
     if args.simulate:
+        if args.noise == "estimate":
+            raise UsageError("--simulate needs --noise SIGMA: the noise it adds")
         truth = image
         rng = np.random.default_rng(args.seed)
         image = op @ truth + args.noise * rng.standard_normal(truth.shape)
         write_image(blurred_path, image)
-    # With a known noise level, stop on the discrepancy principle: ||W x - y|| ~ noise
-    # (a relative tolerance of 1 or more already holds at x = 0).
-    btol = 1e-6
-    norm = float(np.linalg.norm(image))
-    if args.noise > 0 and norm > 0:
-        btol = min(1.0, 1.05 * args.noise * math.sqrt(image.size) / norm)
+    if args.lam is not None and args.regularizer == "none":
+        raise UsageError("--lam weighs a regularizer: add --regularizer gradient")
+    sigma = args.noise
+    if sigma == "estimate":
+        sigma = estimate_noise(image)
+        print(f"noise level estimated from the image: sigma = {sigma:.3g} (wavelet MAD); "
+              "--noise SIGMA sets it")
+    lam = 1.0 if args.lam is None else args.lam
+    regularizer = None if args.regularizer == "none" else args.regularizer
+    solve: dict[str, Any] = dict(method=args.method, damp=args.damp, regularizer=regularizer,
+                                 lam=lam, maxiter=args.maxiter)
+    if args.bounds is not None:
+        solve["bounds"] = args.bounds
+    if isinstance(args.damp, str) or isinstance(lam, str):  # a rule chooses the weight
+        solve.update(noise_level=sigma)
+    elif sigma > 0:  # stop on the discrepancy principle: ||W x - y|| ~ 1.05 sigma sqrt(m)
+        solve.update(stop="discrepancy", noise_level=sigma, tau=1.05)
     try:
         import tqdm  # noqa: F401
 
         progress = not args.quiet
     except ImportError:
         progress = False
-    res = deconvolve(image, op, method=args.method, damp=args.damp, atol=0.0 if args.noise
-                     else 1e-6, btol=btol, maxiter=args.maxiter, progress=progress)
+    res = deconvolve(image, op, progress=progress, **solve)
     out = write_image(output, res.x)
+    if res.choice is not None:
+        c = res.choice
+        print(f"{c.parameter} = {c.value:.4g} by {c.rule} ({c.solves} solves): {c.reason}")
     print(f"{res.method}: {res.iterations} iterations, {res.stop_reason}")
     print(f"residual ||W x - y|| = {res.residual_norm:.4g}; restored image written to {out}")
     if truth is not None:
-        print(f"PSNR: blurred {psnr(truth, image):.2f} dB -> restored "
-              f"{psnr(truth, res.x):.2f} dB")
+        print(f"blurred: {_scores(truth, image)} -> restored: {_scores(truth, res.x)}")
     return 0
 
 
@@ -551,7 +612,7 @@ def _demo(args: argparse.Namespace) -> int:
     _check_folder(out, "--out")
     psf = parse_psf("gaussian:7:1.5")
     with _refused(ConvMatrixTooLarge):
-        op = ConvOperator(psf, (args.size, args.size), padding="same", padding_mode="replicate")
+        op = ConvOperator(psf, (args.size, args.size), padding="same", padding_mode="symmetric")
     truth = phantom(args.size)
     with np.printoptions(linewidth=100):
         _chapter()
@@ -560,18 +621,92 @@ def _demo(args: argparse.Namespace) -> int:
     noise = 1e-3
     blurred = op @ truth + noise * rng.standard_normal(truth.shape)
     print(op)
-    btol = 1.05 * noise * math.sqrt(truth.size) / float(np.linalg.norm(blurred))
-    res = deconvolve(blurred, op, method="lsmr", atol=0.0, btol=btol, maxiter=500)
-    print(f"lsmr: {res.iterations} iterations ({res.stop_reason}); PSNR blurred "
-          f"{psnr(truth, blurred):.2f} dB -> restored {psnr(truth, res.x):.2f} dB")
+    res = deconvolve(blurred, op, method="lsmr", damp="discrepancy", noise_level=noise,
+                     maxiter=500)
+    c = res.choice
+    print(f"damp = {c.value:.3g} by the discrepancy principle ({c.solves} lsmr solves): "
+          f"{c.reason}")
+    print(f"lsmr: {res.iterations} iterations at that damp; blurred: {_scores(truth, blurred)}"
+          f" -> restored: {_scores(truth, res.x)}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create it ({_one_line(exc)})") from None
-    written = [write_image(out / f"{name}.png", img, "--out") for name, img in
-               (("phantom", truth), ("blurred", blurred), ("restored", res.x))]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        written = [write_image(out / f"{name}.npy", img, "--out") for name, img in
+                   (("phantom", truth), ("blurred", blurred), ("restored", res.x))]
+        print("figures need matplotlib (pip install convmat[viz]); arrays written: "
+              + ", ".join(str(p) for p in written))
+        return 0
+    written = [_demo_figure(out / "deblur.png", truth, blurred, res),
+               _chapter_figure(out / "chapter.png")]
     print("written: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _save(fig: Any, path: Path, what: str = "--out") -> Path:
+    """Write ``fig`` to ``path`` (a one-line usage error if it cannot), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write it ({_one_line(exc)})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _demo_figure(path: Path, truth: np.ndarray, blurred: np.ndarray, res: Any) -> Path:
+    """Blurred | restored | truth, scored in the titles, and the curve the damping came from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.3), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1.15]})
+    for ax, (name, img) in zip(axes, (("blurred", blurred), ("restored", res.x),
+                                      ("truth", truth)), strict=False):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name if name == "truth" else f"{name}\n{_scores(truth, img)}",
+                     fontsize=10)
+        ax.axis("off")
+    c = res.choice
+    ax = axes[3]
+    ax.loglog(c.residual_norms, c.penalty_norms, "o-", color="0.5", label="damps tried")
+    k = list(c.values).index(c.value)
+    ax.loglog(c.residual_norms[k], c.penalty_norms[k], "*", ms=14, color="C3",
+              label=f"chosen: damp = {c.value:.2g}")
+    ax.axvline(c.noise_level * np.sqrt(truth.size), ls="--", color="C0",
+               label="noise level sigma sqrt(m)")
+    ax.set(xlabel="residual ||W x - y||", ylabel="||x||",
+           title="the discrepancy principle's search")
+    ax.legend(fontsize=8)
+    fig.suptitle("Deblurring a 7x7 Gaussian blur (noise 1e-3, symmetric boundary) with convmat")
+    return _save(fig, path)
+
+
+def _chapter_figure(path: Path) -> Path:
+    """The chapter's matrices as heat maps: W of K on 3x3, and the stride-2 transposed one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import viz
+
+    K = np.array([[0.0, 1.0], [2.0, 3.0]])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained",
+                             gridspec_kw={"width_ratios": [9, 5]})
+    viz.heatmap(ConvOperator(K, (3, 3)), ax=axes[0])
+    axes[0].set_title("W = conv_matrix(K, (3, 3)): W @ x is the convolution, W.T @ y the "
+                      "transposed one", fontsize=9)
+    viz.heatmap(ConvOperator.transposed(K, (2, 2), stride=2), ax=axes[1])
+    axes[1].set_title("conv_transpose_matrix(K, (2, 2), stride=2)", fontsize=9)
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- the parser
@@ -617,16 +752,29 @@ def build_parser() -> argparse.ArgumentParser:
     deb = sub.add_parser("deblur", help="restore a blurred image by least squares")
     deb.add_argument("image", help="blurred image (PNG or a 2-D real NPY)")
     deb.add_argument("--psf", required=True, help="gaussian:SIZE:SIGMA | box:SIZE | FILE.npy")
-    deb.add_argument("--noise", type=_nonnegative_float, default=0.0,
-                     help="noise std of the image, >= 0: stop when the residual reaches it")
+    deb.add_argument("--noise", type=_noise_option, default="estimate",
+                     help="noise std of the image, >= 0, or 'estimate' (default: estimated "
+                          "from the image): the solve stops when the residual reaches it, "
+                          "or a --damp/--lam rule uses it")
     deb.add_argument("--method", default="lsmr", choices=["lsqr", "lsmr", "cgls"],
-                     help="least-squares solver (default lsmr)")
-    deb.add_argument("--damp", type=_nonnegative_float, default=0.0,
-                     help="Tikhonov damping, >= 0 (default 0)")
+                     help="least-squares solver (default lsmr; with --bounds a projected "
+                          "Barzilai-Borwein solver runs)")
+    deb.add_argument("--damp", type=_weight_option, default=0.0,
+                     help="Tikhonov damping, >= 0, or auto:discrepancy|auto:gcv|auto:lcurve "
+                          "to choose it from the data (default 0)")
+    deb.add_argument("--regularizer", default="none", choices=["none", "gradient"],
+                     help="penalise lam^2 ||D x||^2, D the image gradient (default none)")
+    deb.add_argument("--lam", type=_weight_option, default=None,
+                     help="weight of --regularizer, >= 0, or auto:RULE as for --damp "
+                          "(default 1)")
+    deb.add_argument("--bounds", type=_bounds_option, default=None, metavar="LO:HI",
+                     help="box constraint on the pixels, e.g. 0: (non-negative) or 0:1")
     deb.add_argument("--maxiter", type=_int_option(1), default=500,
-                     help="most iterations, >= 1 (default 500)")
-    deb.add_argument("--padding-mode", default="replicate", choices=PADDING_MODES,
-                     help="how the blur treats the border (default replicate)")
+                     help="most iterations (per solve), >= 1 (default 500)")
+    deb.add_argument("--mode", "--padding-mode", dest="padding_mode", default="symmetric",
+                     choices=PADDING_MODES,
+                     help="the boundary condition of the blur (default symmetric: the scene "
+                          "mirrored past the frame, little ringing)")
     source = deb.add_mutually_exclusive_group()
     source.add_argument("--truth", help="ground-truth image: print the PSNR")
     source.add_argument("--simulate", action="store_true",

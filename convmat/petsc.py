@@ -440,7 +440,7 @@ def _reason_words(PETSc: Any, reason: int, maxiter: int) -> str:  # noqa: N803
     if name == "DIVERGED_MAX_IT" or name == "DIVERGED_ITS":
         return f"iteration limit reached (maxiter={maxiter})"
     words = {
-        "CONVERGED_RTOL": "residual small: ||W x - y|| <= rtol ||y|| (a consistent system)",
+        "CONVERGED_RTOL": "residual small: ||W x - y|| <= rtol ||y||",
         "CONVERGED_RTOL_NORMAL": "least-squares solution: normal-equation residual within "
                                  "tolerance",
         "CONVERGED_ATOL": "residual below the absolute tolerance",

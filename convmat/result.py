@@ -19,12 +19,11 @@ STOP_REASONS = {
     # A x = b is the stacked system [W; lam D; damp I] x = [y; 0; 0]; x0 = 0 without a
     # start. lsqr and lsmr test ||A|| and ||x - x0|| through their estimates; cgls stops
     # on 1 when ||b - A x|| <= btol ||b||, which implies the test stated.
-    1: "residual small: ||b - A x|| <= btol ||b|| + atol ||A|| ||x - x0|| (the test for "
-       "a consistent system)",
+    1: "residual small: ||b - A x|| <= btol ||b|| + atol ||A|| ||x - x0||",
     2: "least-squares solution: the normal-equation residual ||A^H (b - A x)|| is within "
        "atol (relative to ||A|| ||b - A x||; for cgls, to its value at x0)",
     3: "condition number estimate of the system exceeds conlim",
-    4: "residual small to machine precision (a consistent system)",
+    4: "residual small to machine precision",
     5: "least-squares solution to machine precision",
     6: "condition number estimate too large for machine precision",
     7: "iteration limit reached (maxiter)",

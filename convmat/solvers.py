@@ -883,6 +883,8 @@ def _solve_one(system: StackedSystem, y: Any, method: str, damp: float, box: Any
         x, itn, reason, converged, at_start, hist = run(problem)
     finally:
         if bar is not None:
+            bar.total = bar.n  # the bar ends at the iterations that ran, not at maxiter
+            bar.refresh()
             bar.close()
     bad = int(xp.count_nonzero(~xp.isfinite(x)))
     if bad:

@@ -109,9 +109,9 @@ def test_deblur_simulated_and_truth(capsys, tmp_path):
     restored = np.load(tmp_path / "out.npy")
     assert restored.shape == truth.shape
     assert "iterations" in out
-    line = next(s for s in out.splitlines() if s.startswith("PSNR"))
-    before, after = (float(v.split()[0]) for v in line.split("blurred ")[1].split("restored "))
-    assert after > before
+    line = next(s for s in out.splitlines() if s.startswith("blurred: PSNR"))
+    before, after = (float(v.split("PSNR ")[1].split()[0]) for v in line.split(" -> "))
+    assert after > before and "SSIM" in line
     # the blurred image written by --simulate can be restored again with --truth
     blurred = tmp_path / "out-blurred.png"
     assert blurred.exists()
@@ -120,6 +120,7 @@ def test_deblur_simulated_and_truth(capsys, tmp_path):
                           "--quiet")
     assert code == 0, err
     assert "5 iterations" in out and "PSNR" in out
+    assert out.startswith("noise level estimated from the image: sigma = ")
     assert (tmp_path / "again.png").exists()
 
 
@@ -138,9 +139,32 @@ def test_demo_writes_images(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("== The transposed-convolution chapter, as sparse matrices ==")
     assert "[[19. 25.]\n [37. 43.]]" in out.stdout
-    assert "lsmr:" in out.stdout and "PSNR" in out.stdout
-    for name in ("phantom", "blurred", "restored"):
-        assert (tmp_path / "demo" / f"{name}.png").exists()
+    assert "lsmr:" in out.stdout and "PSNR" in out.stdout and "SSIM" in out.stdout
+    assert "by the discrepancy principle" in out.stdout
+    for name in ("deblur", "chapter"):
+        assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 10_000
+
+
+def test_demo_figures_hold_the_panels_and_titles(capsys, tmp_path, monkeypatch):
+    """The deblurring figure: three images titled with their scores, and the search curve;
+    the chapter figure: the two matrices as annotated heat maps."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(cli, "_save", lambda fig, path, what="--out": figures.append(fig) or path)
+    code, out, err = call(capsys, "demo", "--out", tmp_path / "demo", "--size", "48")
+    assert code == 0, err
+    deblur, chapter = figures
+    titles = [ax.get_title() for ax in deblur.axes]
+    assert titles[0].startswith("blurred\nPSNR ") and "SSIM" in titles[0]
+    assert titles[1].startswith("restored\nPSNR ") and titles[2] == "truth"
+    assert titles[3] == "the discrepancy principle's search"
+    assert [len(ax.images) for ax in deblur.axes] == [1, 1, 1, 0]
+    assert deblur.axes[3].get_legend() is not None
+    assert [len(ax.texts) for ax in chapter.axes] == [4 * 9, 16 * 4]
+    assert "19" not in [t.get_text() for t in chapter.axes[0].texts]  # entries, not products
+    plt.close("all")
 
 
 def test_stdout_closed_early_is_not_a_traceback():
@@ -560,3 +584,74 @@ def test_parse_psf_file_refuses(tmp_path, array, message):
         parse_psf(str(path))
     np.save(path, np.arange(4.0).reshape(2, 2))
     np.testing.assert_array_equal(parse_psf(str(path)), np.arange(4.0).reshape(2, 2) / 6)
+
+
+# --------------------------------------------------------------------------- choosing weights
+@pytest.fixture
+def blurred_phantom(tmp_path):
+    """A 40x40 phantom blurred (symmetric boundary) with noise 1e-2, and its truth."""
+    truth = convmat.data.phantom(40)
+    op = convmat.ConvOperator(convmat.cli.parse_psf("gaussian:5:1.2"), truth.shape,
+                              padding="same", padding_mode="symmetric")
+    y = op @ truth + 1e-2 * np.random.default_rng(0).standard_normal(truth.shape)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "truth.npy", truth)
+    return tmp_path / "y.npy", tmp_path / "truth.npy", op, y
+
+
+@pytest.mark.parametrize("rule", ["discrepancy", "gcv", "lcurve"])
+def test_deblur_chooses_the_damping(capsys, blurred_phantom, tmp_path, rule):
+    y_path, truth_path, op, y = blurred_phantom
+    code, out, err = call(capsys, "deblur", y_path, "--psf", "gaussian:5:1.2", "--damp",
+                          f"auto:{rule}", "--noise", "1e-2", "--truth", truth_path, "-o",
+                          tmp_path / "x.npy", "--quiet")
+    assert code == 0, err
+    line = next(s for s in out.splitlines() if s.startswith("damp = "))
+    value = float(line.split()[2])
+    assert f"by {rule} (" in line
+    # the same choice as the library's, on the same (symmetric) boundary model
+    ref = convmat.deconvolve(y, op, method="lsmr", damp=rule, noise_level=1e-2, maxiter=500)
+    assert value == pytest.approx(ref.choice.value, rel=1e-3)
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), ref.x, rtol=0, atol=1e-12)
+
+
+def test_deblur_gradient_bounds_and_the_estimated_noise(capsys, blurred_phantom, tmp_path):
+    y_path, truth_path, op, y = blurred_phantom
+    code, out, err = call(capsys, "deblur", y_path, "--psf", "gaussian:5:1.2", "--regularizer",
+                          "gradient", "--lam", "auto:discrepancy", "--bounds", "0:1", "-o",
+                          tmp_path / "x.npy", "--quiet")
+    assert code == 0, err
+    lines = out.splitlines()
+    sigma = convmat.estimate_noise(y)
+    assert lines[0] == (f"noise level estimated from the image: sigma = {sigma:.3g} (wavelet "
+                        "MAD); --noise SIGMA sets it")
+    assert lines[1].startswith("lam = ") and "by discrepancy" in lines[1]
+    assert lines[2].startswith("spg: ")
+    x = np.load(tmp_path / "x.npy")
+    assert x.min() >= 0 and x.max() <= 1
+    # without a rule: the iterations stop on the discrepancy of the estimated noise
+    code, out, err = call(capsys, "deblur", y_path, "--psf", "gaussian:5:1.2", "--mode", "zeros",
+                          "-o", tmp_path / "z.npy", "--quiet")
+    assert code == 0, err
+    assert "discrepancy reached: ||W x - y||" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--damp", "auto:best"], "argument --damp: must be a number >= 0 or "
+                              "auto:discrepancy|gcv|lcurve, got 'auto:best'"),
+    (["--lam", "-1"], "argument --lam: must be a finite number >= 0, got '-1'"),
+    (["--noise", "guess"], "argument --noise: must be a number, got 'guess'"),
+    (["--bounds", "0"], "argument --bounds: must be LO:HI (e.g. 0: or 0:1), got '0'"),
+    (["--bounds", "a:1"], "argument --bounds: must be LO:HI with numbers (e.g. 0: or 0:1), "
+                          "got 'a:1'"),
+    (["--bounds", "inf:"], "argument --bounds: must be LO:HI with finite numbers, got 'inf:'"),
+    (["--bounds", "1:0"], "argument --bounds: LO must be < HI, got '1:0'"),
+    (["--mode", "mirror"], "argument --mode/--padding-mode: invalid choice: 'mirror'"),
+    (["--lam", "0.1"], "--lam weighs a regularizer: add --regularizer gradient"),
+    (["--simulate"], "--simulate needs --noise SIGMA: the noise it adds"),
+])
+def test_deblur_new_option_errors(capsys, monkeypatch, sharp, args, message):
+    monkeypatch.setattr(cli, "deconvolve", no_work)
+    line = usage_error(capsys, "deblur", sharp, "--psf", "box:3", "-o", sharp.with_name("o.npy"),
+                       *args)
+    assert line.startswith("convmat deblur: error: ") and message in line

@@ -295,3 +295,19 @@ def test_lcurve_needs_converged_solves(problem):
     with pytest.raises(RuntimeError, match=r"the L-curve needs converged solves at 5 weights "
                                            r"at least; only 0 converged \(raise maxiter"):
         deconvolve(y, op, damp="lcurve", maxiter=1, atol=1e-14, btol=1e-14)
+
+
+def test_a_rules_progress_bar_counts_its_solves(problem, monkeypatch):
+    """One bar for the search, counting its solves (probes included); no total ahead."""
+    import sys
+    import types
+
+    from test_solvers import _RecordingBar
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=_RecordingBar))
+    _RecordingBar.made.clear()
+    op, _, y, _, _ = problem
+    res = deconvolve(y, op, damp="gcv", progress=True)
+    (bar,) = _RecordingBar.made
+    assert (bar.desc, bar.total, bar.n, bar.closed) == ("damp=gcv (solves)", None,
+                                                         res.choice.solves, True)

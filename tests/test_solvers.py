@@ -414,6 +414,9 @@ class _RecordingBar:
     def update(self, k):
         self.n += k
 
+    def refresh(self):
+        pass
+
     def close(self):
         self.closed = True
 
@@ -429,6 +432,10 @@ def test_progress_bar_ticks_once_per_iteration(small, monkeypatch, method):
     (bar,) = _RecordingBar.made
     assert (bar.total, bar.desc, bar.closed) == (6, method, True)
     assert bar.n == res.iterations == 6
+    _RecordingBar.made.clear()  # stopping early: the bar ends at what ran, not at maxiter
+    res = deconvolve(op @ x, op, method=method, maxiter=500, btol=1e-3, atol=0, progress=True)
+    (bar,) = _RecordingBar.made
+    assert bar.n == bar.total == res.iterations < 500
 
 
 def test_progress_bar_renders_with_tqdm(small, capsys):
