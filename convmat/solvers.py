@@ -2,8 +2,10 @@
 
 ``deconvolve(y, op)`` solves ``min ||W x - y||^2 + damp^2 ||x||^2 + lam^2 ||D x||^2`` (and,
 with ``bounds``, subject to ``lb <= x <= ub``) with SciPy's ``lsqr`` / ``lsmr``, with CGLS,
-or with ``scipy.optimize.lsq_linear``, and returns a small frozen
-:class:`DeconvolutionResult`. This module checks the arguments, scales each sample, runs the
+with a spectral projected gradient (``spg``, the default with bounds) or with
+``scipy.optimize.lsq_linear``, and returns a small frozen :class:`DeconvolutionResult`.
+``damp`` or ``lam`` may name a rule that chooses it (:mod:`convmat.regularization`).
+This module checks the arguments, scales each sample, runs the
 method named in :data:`REGISTRY` and words the outcome; the parts it runs live in their own
 modules: :mod:`convmat.system` (the stacked system ``[W; lam D]``), :mod:`convmat.krylov`
 (:func:`cgls` and :func:`lsqr`), :mod:`convmat.products` (threaded products, BLAS threads,
@@ -520,11 +522,12 @@ def deconvolve(
         such as :func:`convmat.avg_pool_operator`; an affine one is solved as
         ``op(x) = W x + b ~ y``), or a weight from which ``ConvOperator(op, input_shape,
         **conv_options)`` is built.
-    method : {'lsqr', 'lsmr', 'cgls'}
-        ``scipy.sparse.linalg.lsqr`` / ``lsmr``, or CG on the normal equations. With
-        ``bounds``, ``scipy.optimize.lsq_linear`` (trust-region reflective with LSMR) runs
-        instead. On the GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr`
-        and :func:`cgls`.
+    method : {'lsqr', 'lsmr', 'cgls', 'spg', 'lsq_linear'}
+        ``scipy.sparse.linalg.lsqr`` / ``lsmr``, CG on the normal equations, the spectral
+        projected gradient (projected Barzilai-Borwein, two products an iteration) or
+        ``scipy.optimize.lsq_linear`` (trust-region reflective with LSMR: exact, for small
+        problems). With ``bounds``, ``spg`` runs unless ``'lsq_linear'`` is asked. On the
+        GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr` and :func:`cgls`.
     damp : float or {'discrepancy', 'gcv', 'lcurve'}
         Tikhonov damping: adds ``damp^2 ||x||^2`` (of ``x`` itself, whatever ``x0`` is).
         A real number in ``[0, MAX_DAMP]`` (``1e50``, see Notes), or a rule that chooses it
@@ -556,7 +559,7 @@ def deconvolve(
     bounds : (lower, upper), optional
         Box constraints (scalars or arrays shaped like the input, ``-inf`` / ``inf`` or
         ``None`` for no bound, never NaN; ``lower < upper``): ``bounds=(0, None)`` asks for
-        ``x >= 0``. CPU only.
+        ``x >= 0``. CPU only. Solved by ``spg`` (or ``lsq_linear`` when asked).
     atol, btol : float
         Stopping tolerances with SciPy's meaning (``btol``: relative residual of a
         consistent system; ``atol``: relative normal-equation residual), finite and
