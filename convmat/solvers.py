@@ -644,6 +644,17 @@ def deconvolve(
     >>> np.round(res.x, 10), res.converged
     (array([[1., 2.],
            [3., 4.]]), True)
+
+    The damping chosen by the discrepancy principle: the residual meets ``sigma sqrt(m)``.
+    A symmetric (reflexive) boundary models a scene that continues past the frame.
+
+    >>> rng = np.random.default_rng(0)
+    >>> blur = convmat.ConvOperator(np.full((3, 3), 1 / 9), (32, 32), padding="same",
+    ...                             padding_mode="symmetric")
+    >>> y = blur @ convmat.data.phantom(32) + 0.01 * rng.standard_normal((32, 32))
+    >>> res = convmat.deconvolve(y, blur, damp="discrepancy", noise_level=0.01)
+    >>> res.choice.rule, bool(abs(res.residual_norm / (0.01 * 32) - 1) < 1e-2)
+    ('discrepancy', True)
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
