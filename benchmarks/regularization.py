@@ -16,7 +16,7 @@ PSNR by :func:`convmat.metrics.psnr` (scikit-image's, the truth's range as the p
 Table 2. Non-negative deblurring of the 512^2 ``astronaut`` (7x7 Gaussian, sigma 1.5;
 noise 1e-2 and 1e-3): the time to the discrepancy residual ``||W x - y|| <= sigma sqrt(m)``
 of LSQR without bounds and of the projected Barzilai-Borwein solver (``spg``) with
-``bounds=(0, None)``, median of 3 runs; ``lsq_linear`` (the exact small-scale path) on a
+``bounds=(0, None)``, median of 5 runs; ``lsq_linear`` (the exact small-scale path) on a
 64^2 crop for scale. All on the same threads (``--threads``: process affinity, SciPy FFT
 workers and BLAS through threadpoolctl).
 
@@ -164,7 +164,7 @@ def bounds_table(smoke: bool) -> list[str]:
         runs = {}
         for name, kw in (("lsqr", {}), ("spg", {"bounds": (0, None)})):
             times, res = [], None
-            for _ in range(3):
+            for _ in range(5):
                 t = time.perf_counter()
                 res = convmat.deconvolve(y, op, stop="discrepancy", noise_level=noise,
                                          maxiter=5000, **kw)

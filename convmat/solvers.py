@@ -274,56 +274,67 @@ def _run_spg(p: Problem) -> Outcome:
     def project(v: Any) -> Any:
         return xp.minimum(xp.maximum(v, lo), hi)
 
-    def objective(r: Any, x: Any) -> float:
-        return 0.5 * float(xp.vdot(r, r).real) + 0.5 * damp * damp * float(xp.vdot(x, x).real)
+    def sq(v: Any) -> float:
+        return float(xp.vdot(v, v).real)
 
     x = project(p.start.astype(b.dtype, copy=True))
     r = system.matvec(x) - b
     g = system.rmatvec(r) + damp * damp * x
-    scale = _norm(system.rmatvec(b), xp)
+    scale = _norm(system.rmatvec(b), xp) if p.atol > 0 else 0.0  # ||A^H b||, for atol
     target = p.btol * _norm(b[:m], xp)
+    watch = p.atol > 0 or p.iterates  # the projected gradient: for atol, or the history
     history: dict[str, list[float]] = {"residual_norm": [], "normal_residual_norm": []}
     ag = system.matvec(g)  # a Cauchy step to start: alpha = g^T g / ||A g||^2
-    gg = float(xp.vdot(g, g).real)
-    curvature = float(xp.vdot(ag, ag).real) + damp * damp * gg
+    gg = sq(g)
+    curvature = sq(ag) + damp * damp * gg
     alpha = gg / curvature if curvature > 0 else 1.0
-    recent = [objective(r, x)]
+    f = 0.5 * sq(r) + 0.5 * damp * damp * sq(x)  # carried exactly: f is quadratic along d
+    recent = [f]
     reason, converged, k = f"iteration limit reached (maxiter={p.limit})", False, 0
     for k in range(1, p.limit + 1):
-        pg = _norm(project(x - g) - x, xp)
-        if pg <= p.atol * scale:
+        pg = _norm(project(x - g) - x, xp) if watch else math.nan
+        if p.atol > 0 and pg <= p.atol * scale:
             reason = (f"projected gradient small: ||P(x - g) - x|| = {pg:.3g} <= atol "
                       "||A^H b|| (a solution in the box)")
             converged, k = True, k - 1
             break
-        if _norm(r[:m], xp) <= target:
+        if float(xp.linalg.norm(r[:m])) <= target:
             reason = "discrepancy reached"
             converged, k = True, k - 1
             break
-        d = project(x - alpha * g) - x
+        d = project(x - alpha * g)
+        d -= x
         ad = system.matvec(d)
         gd = float(xp.vdot(g, d).real)
-        dd = float(xp.vdot(ad, ad).real) + damp * damp * float(xp.vdot(d, d).real)
-        if gd >= 0 or dd == 0:  # no descent left at this precision
+        d2 = sq(d)
+        dd = sq(ad) + damp * damp * d2
+        if gd >= 0 or dd == 0:  # no descent direction left at this precision
             reason = "no descent direction left (stationary to rounding)"
             converged, k = True, k - 1
             break
         step = 1.0
-        if recent[-1] + gd + 0.5 * dd > max(recent) + 1e-4 * gd:
+        if f + gd + 0.5 * dd > max(recent) + 1e-4 * gd:
             step = min(1.0, -gd / dd)  # the exact minimiser along d
-        x = x + step * d
-        r = r + step * ad
-        if k % 50 == 0:  # refresh the carried residual
+        f += step * gd + 0.5 * step * step * dd
+        x = x + step * d  # a new array: a callback may keep the iterates
+        r += step * ad
+        if k % 50 == 0:  # refresh the carried residual and objective
             r = system.matvec(x) - b
-        g_new = system.rmatvec(r) + damp * damp * x
-        sy = step * float(xp.vdot(d, g_new - g).real)
+            f = 0.5 * sq(r) + 0.5 * damp * damp * sq(x)
+        g_new = system.rmatvec(r)
+        if damp:
+            g_new += damp * damp * x
+        sy = step * (float(xp.vdot(d, g_new).real) - gd)
         g = g_new
-        alpha = step * step * float(xp.vdot(d, d).real) / sy if sy > 0 else 1e10 * alpha
+        alpha = step * step * d2 / sy if sy > 0 else 1e10 * alpha
         alpha = min(max(alpha, 1e-30), 1e30)
-        recent = (recent + [objective(r, x)])[-10:]
-        history["residual_norm"].append(math.sqrt(2 * recent[-1]))
-        history["normal_residual_norm"].append(pg)
-        p.callback(k, x)
+        recent = (recent + [f])[-10:]
+        if p.iterates:
+            history["residual_norm"].append(math.sqrt(max(2 * f, 0.0)))
+            history["normal_residual_norm"].append(pg)
+            p.callback(k, x)
+        elif p.tick is not None:
+            p.tick()
     return Outcome(x, k, reason, converged, False, history)
 
 
