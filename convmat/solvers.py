@@ -253,6 +253,20 @@ def _run_bounded(p: Problem) -> Outcome:
     return Outcome(res.x, int(res.nit), str(res.message), int(res.status) > 0, False)
 
 
+def _side(bound: Any, xp: ModuleType) -> Any:
+    """One side of the box for :func:`_run_spg`: None, a scalar or the array.
+
+    None when unbounded, a scalar when constant (no array read), else the array.
+    """
+    bound = np.asarray(bound)
+    if np.all(np.isinf(bound)):
+        return None
+    first = float(bound.flat[0])
+    if bound.strides == (0,) or np.all(bound == first):
+        return first
+    return xp.asarray(bound)
+
+
 def _run_spg(p: Problem) -> Outcome:
     """Spectral projected gradient (projected Barzilai-Borwein) for the box.
 
@@ -267,12 +281,15 @@ def _run_spg(p: Problem) -> Outcome:
     """
     system, b, damp, xp = p.system, p.b, p.damp, p.system.xp
     m = system.m
-    lo, hi = (np.full(system.n, -np.inf), np.full(system.n, np.inf)) if p.bounds is None \
-        else p.bounds
-    lo, hi = xp.asarray(lo), xp.asarray(hi)
+    lo, hi = (None, None) if p.bounds is None else (_side(p.bounds[0], xp),
+                                                     _side(p.bounds[1], xp))
 
-    def project(v: Any) -> Any:
-        return xp.minimum(xp.maximum(v, lo), hi)
+    def project(v: Any) -> Any:  # in place: v is always a temporary
+        if lo is not None:
+            xp.maximum(v, lo, out=v)
+        if hi is not None:
+            xp.minimum(v, hi, out=v)
+        return v
 
     def sq(v: Any) -> float:
         return float(xp.vdot(v, v).real)
@@ -302,7 +319,9 @@ def _run_spg(p: Problem) -> Outcome:
             reason = "discrepancy reached"
             converged, k = True, k - 1
             break
-        d = project(x - alpha * g)
+        d = alpha * g
+        xp.subtract(x, d, out=d)
+        d = project(d)
         d -= x
         ad = system.matvec(d)
         gd = float(xp.vdot(g, d).real)

@@ -208,7 +208,7 @@ def test_stop_at_the_discrepancy(problem, method):
 
 
 # --------------------------------------------------------------------------- bounds
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_spg_matches_lsq_linear(case):
     rng = np.random.default_rng(40 + case)
     op = ConvOperator(gaussian(3, 1.0), (10, 9), padding="same")
@@ -216,7 +216,10 @@ def test_spg_matches_lsq_linear(case):
     y = op @ truth + 0.05 * rng.standard_normal(op.output_shape)
     kw = [dict(bounds=(0, None)), dict(bounds=(0.1, 0.8), damp=0.3),
           dict(bounds=(None, 0.5), regularizer="gradient", lam=0.2),
-          dict(bounds=(np.zeros((10, 9)), np.full((10, 9), 2.0)), damp=0.05)][case]
+          dict(bounds=(np.zeros((10, 9)), np.full((10, 9), 2.0)), damp=0.05),
+          dict(bounds=(np.where(np.arange(90).reshape(10, 9) % 3, -np.inf,
+                                np.linspace(0, 0.5, 90).reshape(10, 9)),
+                       np.linspace(0.6, 1.5, 90).reshape(10, 9)))][case]  # varying, some -inf
     w = op.matrix.toarray()
     a, b = w, y.ravel()
     if "damp" in kw:
