@@ -724,6 +724,9 @@ def deconvolve(
             f"callback and history need the iterates, which method={name!r} (SciPy's) does "
             f"not expose; use method={exposing}"
         )
+    if rule is not None and wants_iterates:
+        raise ValueError(f"callback and history follow one solve, but {parameter}={rule!r} "
+                         "runs many; fix the weight (the value in result.choice) to follow it")
     start = _check_x0(x0, op, complex_)
     xp = op.xp
     if batch.shape[0] == 0:
@@ -839,6 +842,8 @@ def _choose(rule: str, parameter: str, system: StackedSystem, op: Operator, reg:
     def solve(value: float, rhs: Any, x0: Any) -> Any:
         if parameter == "lam":
             system.lam = value
+        if x0 is None and rhs is y:  # the first solve starts from the caller's x0
+            x0 = start
         out = _solve_one(system, rhs, method, value if parameter == "damp" else damp, box,
                          x0, atol, btol, maxiter, None, False, False)
         if rhs is y:

@@ -279,6 +279,8 @@ def test_lsq_linear_stays_the_exact_option():
     (dict(damp="discrepancy", noise_level=-1.0), ValueError,
      r"noise_level must be a finite number >= 0, got noise_level=-1.0"),
     (dict(tau=-1.0), ValueError, r"tau must be a finite number >= 0"),
+    (dict(damp="gcv", history=True), ValueError,
+     r"callback and history follow one solve, but damp='gcv' runs many; fix the weight"),
 ])
 def test_errors(problem, kwargs, error, match):
     op, _, y, _, _ = problem
@@ -314,3 +316,13 @@ def test_a_rules_progress_bar_counts_its_solves(problem, monkeypatch):
     (bar,) = _RecordingBar.made
     assert (bar.desc, bar.total, bar.n, bar.closed) == ("damp=gcv (solves)", None,
                                                          res.choice.solves, True)
+
+
+def test_a_rule_starts_from_the_callers_x0(problem):
+    """x0 starts the first solve only: the choice, and the solution, are the same."""
+    op, truth, y, sigma, _ = problem
+    cold = deconvolve(y, op, damp="discrepancy", noise_level=sigma, atol=1e-12, btol=1e-12)
+    warm = deconvolve(y, op, damp="discrepancy", noise_level=sigma, atol=1e-12, btol=1e-12,
+                      x0=truth)
+    assert warm.choice.value == pytest.approx(cold.choice.value, rel=1e-6)
+    np.testing.assert_allclose(warm.x, cold.x, atol=1e-8 * np.abs(cold.x).max())
