@@ -760,8 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="least-squares solver (default lsmr; with --bounds a projected "
                           "Barzilai-Borwein solver runs)")
     deb.add_argument("--damp", type=_weight_option, default=0.0,
-                     help="Tikhonov damping, >= 0, or auto:discrepancy|auto:gcv|auto:lcurve "
-                          "to choose it from the data (default 0)")
+                     help="Tikhonov damping, >= 0, or auto:discrepancy|auto:gcv|auto:rgcv|"
+                          "auto:lcurve to choose it from the data (default 0)")
     deb.add_argument("--regularizer", default="none", choices=["none", "gradient"],
                      help="penalise lam^2 ||D x||^2, D the image gradient (default none)")
     deb.add_argument("--lam", type=_weight_option, default=None,

@@ -558,17 +558,18 @@ def deconvolve(
         ``scipy.optimize.lsq_linear`` (trust-region reflective with LSMR: exact, for small
         problems). With ``bounds``, ``spg`` runs unless ``'lsq_linear'`` is asked. On the
         GPU: ``cupyx.scipy.sparse.linalg.lsmr``, convmat's :func:`lsqr` and :func:`cgls`.
-    damp : float or {'discrepancy', 'gcv', 'lcurve'}
+    damp : float or {'discrepancy', 'gcv', 'rgcv', 'lcurve'}
         Tikhonov damping: adds ``damp^2 ||x||^2`` (of ``x`` itself, whatever ``x0`` is).
         A real number in ``[0, MAX_DAMP]`` (``1e50``, see Notes), or a rule that chooses it
         from the data (:mod:`convmat.regularization`): the discrepancy principle (needs
-        ``noise_level``), generalised cross-validation (Hutchinson's trace) or the L-curve's
-        corner. The choice, with the curve it came from, is in ``result.choice``.
+        ``noise_level``), generalised cross-validation (Hutchinson's trace), robust GCV
+        (Lukas 2006) or the L-curve's corner. The choice, with the curve it came from, is
+        in ``result.choice``.
     regularizer : {'gradient'}, sparse matrix, ConvOperator or LinearOperator, optional
         ``D`` in ``lam^2 ||D x||^2``; ``'gradient'`` is :func:`convmat.gradient_operator`
         (forward differences along every spatial axis). The stacked system ``[W; lam D]``
         is applied as an operator, without copying ``W``.
-    lam : float or {'discrepancy', 'gcv', 'lcurve'}
+    lam : float or {'discrepancy', 'gcv', 'rgcv', 'lcurve'}
         Weight of the regularizer, a real number in ``[0, MAX_DAMP]``, or a rule as for
         ``damp`` (one of the two at most).
     noise_level : float or 'estimate', optional

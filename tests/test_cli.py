@@ -599,7 +599,7 @@ def blurred_phantom(tmp_path):
     return tmp_path / "y.npy", tmp_path / "truth.npy", op, y
 
 
-@pytest.mark.parametrize("rule", ["discrepancy", "gcv", "lcurve"])
+@pytest.mark.parametrize("rule", ["discrepancy", "gcv", "rgcv", "lcurve"])
 def test_deblur_chooses_the_damping(capsys, blurred_phantom, tmp_path, rule):
     y_path, truth_path, op, y = blurred_phantom
     code, out, err = call(capsys, "deblur", y_path, "--psf", "gaussian:5:1.2", "--damp",
@@ -638,7 +638,7 @@ def test_deblur_gradient_bounds_and_the_estimated_noise(capsys, blurred_phantom,
 
 @pytest.mark.parametrize("args, message", [
     (["--damp", "auto:best"], "argument --damp: must be a number >= 0 or "
-                              "auto:discrepancy|gcv|lcurve, got 'auto:best'"),
+                              "auto:discrepancy|gcv|rgcv|lcurve, got 'auto:best'"),
     (["--lam", "-1"], "argument --lam: must be a finite number >= 0, got '-1'"),
     (["--noise", "guess"], "argument --noise: must be a number, got 'guess'"),
     (["--bounds", "0"], "argument --bounds: must be LO:HI (e.g. 0: or 0:1), got '0'"),

@@ -129,6 +129,25 @@ def test_gcv_is_at_the_dense_minimum(problem):
     assert choice.solves == 2 * len(choice.values)  # a probe solve for each weight
 
 
+def test_robust_gcv_is_at_the_dense_minimum(problem):
+    """Lukas' robust GCV, ``V (0.1 + 0.9 tr(A^2) / m)``, written with the filter factors."""
+    op, _, y, _, svd = problem
+    m = y.size
+    u, s, _ = svd
+
+    def vr(logd):
+        r, _, trace = tikhonov(svd, y, 10 ** logd)
+        f = s ** 2 / (s ** 2 + 10 ** (2 * logd))
+        return m * r ** 2 / (m - trace) ** 2 * (0.1 + 0.9 * np.sum(f ** 2) / m)
+
+    best = minimize_scalar(vr, bounds=(-5, 1), method="bounded", options={"xatol": 1e-6})
+    res = deconvolve(y, op, damp="rgcv", atol=1e-10, btol=1e-10)
+    assert vr(math.log10(res.choice.value)) <= 1.05 * best.fun
+    assert res.choice.rule == "rgcv" and "robust GCV" in res.choice.reason
+    gcv = deconvolve(y, op, damp="gcv", atol=1e-10, btol=1e-10)
+    assert res.choice.value >= gcv.choice.value  # it damps at least as much as GCV
+
+
 def test_lcurve_is_at_the_dense_corner(problem):
     op, _, y, _, svd = problem
     grid = np.linspace(-6, 1, 7001)
@@ -264,7 +283,7 @@ def test_lsq_linear_stays_the_exact_option():
     (dict(damp="gcv", lam="gcv", regularizer="gradient"), ValueError,
      r"damp and lam cannot both be chosen by a rule; fix one of them"),
     (dict(damp="best"), ValueError,
-     r"damp='best' is not a number nor one of 'discrepancy', 'gcv', 'lcurve'"),
+     r"damp='best' is not a number nor one of 'discrepancy', 'gcv', 'rgcv', 'lcurve'"),
     (dict(lam="gcv"), ValueError, r"lam='gcv' chooses the regularizer's weight: pass "
                                   r"regularizer="),
     (dict(stop="early"), ValueError, r"stop='early' is not known; use stop='discrepancy'"),

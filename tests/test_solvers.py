@@ -649,7 +649,7 @@ def test_numpy_integers_and_floats_accepted(small):
         (dict(btol=np.inf), ValueError, r"btol must be a finite number >= 0, got btol=inf"),
         (dict(damp=None), TypeError, r"damp must be a real number, got NoneType None"),
         (dict(damp="1"), ValueError, r"damp='1' is not a number nor one of 'discrepancy', "
-                                      r"'gcv', 'lcurve'"),
+                                      r"'gcv', 'rgcv', 'lcurve'"),
         (dict(damp=b"1"), TypeError, r"damp must be a real number, got bytes b'1'"),
         (dict(lam=True), TypeError, r"lam must be a real number, got bool True"),
         (dict(atol=1j), TypeError, r"atol must be a real number, got complex 1j"),
