@@ -7,9 +7,11 @@ that uses it on several ranks with ``mpiexec -n 4 python my_script.py``; set
 
 Every rank builds only its own block of rows of ``W`` with convmat's builder restricted to a
 range of output planes (see :func:`convmat.indices.build_csr_arrays`), in chunks of about
-``CHUNK_BYTES``: a first pass counts each row's entries for an exact preallocation, a second
-inserts the rows chunk by chunk (``setValuesIJV`` at their global row numbers), so a rank
-holds PETSc's copy of its share plus one chunk. No rank holds the global matrix.
+``CHUNK_BYTES``, and hands the arrays to PETSc as they are (no ``MatSetValues``): on one rank
+the builder's CSR itself (``MatCreateSeqAIJWithArrays``); on several, a first pass counts each
+row's entries in the diagonal block (the columns the rank owns) and the off-diagonal one, and a
+second fills exact-size split arrays chunk by chunk (``MatCreateMPIAIJWithSplitArrays``). A
+rank holds its share plus one chunk; no rank holds the global matrix.
 
 Example, run as ``mpiexec -n 4 python deblur.py``::
 
@@ -100,7 +102,7 @@ def conv_matrix(
     padding_mode: str = "zeros",
     max_bytes: int | None = None,
 ) -> Any:
-    """The convolution matrix ``W`` as a PETSc ``Mat`` of type MPIAIJ on ``comm``.
+    """The convolution matrix ``W`` as a PETSc AIJ ``Mat`` on ``comm`` (``seqaij`` on one rank).
 
     Arguments as :func:`convmat.conv_matrix` (every rank passes the same ones). Rank ``r``
     builds the rows of its :func:`plane_ranges` share only, in chunks; columns are
@@ -191,15 +193,14 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noq
         )
     geometry = geometry if geometry.dtype == scalar.name else _with_dtype(geometry, scalar)
     w = np.ascontiguousarray(conv_weight(geometry, weight), dtype=scalar)
-    row0 = q0 * per_plane
-
-    mat = PETSc.Mat().create(comm=comm)
-    mat.setSizes(((local_rows, rows), (PETSc.DECIDE, cols)))
-    mat.setType(PETSc.Mat.Type.AIJ)
+    if size == 1:  # the builder's arrays are PETSc's own (MatCreateSeqAIJWithArrays)
+        data, indices, indptr = build_csr_arrays(geometry, w, np, planes=(q0, q1))
+        csr = (indptr.astype(index, copy=False), indices.astype(index, copy=False), data)
+        return PETSc.Mat().createAIJWithArrays((rows, cols), csr, comm=comm)
     layout = PETSc.Vec().createMPI((PETSc.DECIDE, cols), comm=comm)
     cstart, cend = layout.getOwnershipRange()
     layout.destroy()
-    # Pass 1: exact preallocation, counting each row's entries in the diagonal block.
+    # Pass 1: count each row's entries in the diagonal block (columns this rank owns).
     d_nnz = np.empty(local_rows, dtype=index)
     o_nnz = np.empty(local_rows, dtype=index)
     for a, b in chunks:
@@ -209,19 +210,28 @@ def _assemble(PETSc: Any, comm: Any, geometry: ConvGeometry, weight: Any,  # noq
         d_nnz[lo:hi] = np.diff(inside[indptr])
         o_nnz[lo:hi] = np.diff(indptr) - d_nnz[lo:hi]
         del indices, indptr, inside
-    mat.setPreallocationNNZ((d_nnz, o_nnz))
+    # Pass 2: the exact-size split arrays (MatCreateMPIAIJWithSplitArrays: PETSc uses them
+    # as they are), filled chunk by chunk; the diagonal block's columns are local.
+    di = np.zeros(local_rows + 1, dtype=index)
+    oi = np.zeros(local_rows + 1, dtype=index)
+    np.cumsum(d_nnz, out=di[1:])
+    np.cumsum(o_nnz, out=oi[1:])
     del d_nnz, o_nnz
-    mat.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
-    # Pass 2: insert the rows chunk by chunk at their global row numbers.
+    dj, dv = np.empty(int(di[-1]), dtype=index), np.empty(int(di[-1]), dtype=scalar)
+    oj, ov = np.empty(int(oi[-1]), dtype=index), np.empty(int(oi[-1]), dtype=scalar)
     for a, b in chunks:
-        data, indices, indptr = build_csr_arrays(geometry, w, np, planes=(a, b))
-        rowmap = np.arange(row0 + (a - q0) * per_plane, row0 + (b - q0) * per_plane,
-                           dtype=index)
-        mat.setValuesIJV(indptr.astype(index, copy=False), indices.astype(index, copy=False),
-                         data, rowmap=rowmap)
-        del data, indices, indptr, rowmap
-    mat.assemble()
-    return mat
+        data, indices, _ = build_csr_arrays(geometry, w, np, planes=(a, b))
+        inside = (indices >= cstart) & (indices < cend)
+        lo, hi = (a - q0) * per_plane, (b - q0) * per_plane
+        d0, d1, o0, o1 = int(di[lo]), int(di[hi]), int(oi[lo]), int(oi[hi])
+        np.subtract(indices[inside], cstart, out=dj[d0:d1], casting="unsafe")
+        dv[d0:d1] = data[inside]
+        outside = ~inside
+        oj[o0:o1] = indices[outside]
+        ov[o0:o1] = data[outside]
+        del data, indices, inside, outside
+    sizes = ((local_rows, rows), (cend - cstart, cols))
+    return PETSc.Mat().createAIJWithArrays(sizes, ((di, dj, dv), (oi, oj, ov)), comm=comm)
 
 
 #: Bytes of CSR built at once while streaming a rank's share into PETSc.
@@ -259,7 +269,7 @@ def _with_dtype(geometry: ConvGeometry, dtype: np.dtype) -> ConvGeometry:
 
 
 class DistributedConvOperator(GeometryShapes):
-    """A convolution distributed over the ranks of ``comm``: ``W`` as a PETSc MPIAIJ matrix.
+    """A convolution distributed over the ranks of ``comm``: ``W`` as a PETSc AIJ matrix.
 
     ``apply`` / ``apply_transpose`` take and return whole NumPy arrays (the same on every
     rank: convenient for small problems); ``mult`` / ``mult_transpose`` work on PETSc

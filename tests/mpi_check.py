@@ -74,6 +74,9 @@ def main():
         op = petsc.DistributedConvOperator(w, ishape, **opts)
         W = convmat.conv_matrix(w, ishape, **opts)
         rstart, rend = op.matrix.getOwnershipRange()
+        # the builder's arrays handed over: the CSR itself on one rank, split arrays on more
+        expected = "seqaij" if op.matrix.getComm().getSize() == 1 else "mpiaij"
+        assert op.matrix.getType() == expected, (name, op.matrix.getType())
         whole = op.gather_matrix()
         # the same generator: exactly the same entries
         assert whole.shape == W.shape and (whole != W).nnz == 0, name
