@@ -353,7 +353,8 @@ class DistributedConvOperator(GeometryShapes):
 
     # ---------------------------------------------------------------- solving
     def lsqr(self, y: Any, *, damp: float = 0.0, rtol: float = 1e-6,
-             maxiter: int | None = None, x0: Any = None) -> DeconvolutionResult:
+             maxiter: int | None = None, x0: Any = None,
+             options_prefix: str | None = None) -> DeconvolutionResult:
         """``min ||W x - y||^2 + damp^2 ||x||^2`` with PETSc's ``KSPLSQR`` across the ranks.
 
         ``y`` is a whole NumPy array (the same on every rank; ``x`` comes back whole on
@@ -365,6 +366,12 @@ class DistributedConvOperator(GeometryShapes):
         the normal-equation residual (a least-squares solution); ``rtol=0`` runs exactly
         ``maxiter`` iterations. Returns the :class:`~convmat.DeconvolutionResult` of
         :func:`convmat.deconvolve`.
+
+        With ``options_prefix`` (e.g. ``"deblur_"``) the KSP reads PETSc's options database
+        after these settings (``KSPSetFromOptions``): ``-deblur_ksp_monitor``,
+        ``-deblur_ksp_type lsmr``, ``-deblur_ksp_max_it 50`` and the like, from the command
+        line or ``PETSc.Options()``, override them. The reported ``method`` is the KSP type
+        that ran.
         """
         PETSc = self._petsc  # noqa: N806
         distributed = isinstance(y, PETSc.Vec)
@@ -396,9 +403,13 @@ class DistributedConvOperator(GeometryShapes):
         ksp.setOperators(a)
         ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxiter)
         ksp.setInitialGuessNonzero(x0 is not None)
+        if options_prefix is not None:
+            ksp.setOptionsPrefix(options_prefix)
+            ksp.setFromOptions()
         ksp.solve(rhs, x)
         reason = ksp.getConvergedReason()
         iterations = ksp.getIterationNumber()
+        kind, maxiter = str(ksp.getType()), ksp.getTolerances()[3]
         ksp.destroy()
         # norms of the returned x, computed exactly: r = b - W x, W^T r - damp^2 x
         r = b.duplicate()
@@ -409,7 +420,7 @@ class DistributedConvOperator(GeometryShapes):
         normal.axpy(-damp * damp, x)
         result_x = x if distributed else self.gather(x).reshape(self.input_shape)
         return DeconvolutionResult(
-            x=result_x, method="petsc-ksplsqr", iterations=iterations,
+            x=result_x, method=f"petsc-ksp{kind}", iterations=iterations,
             stop_reason=_reason_words(PETSc, reason, maxiter), converged=reason > 0,
             residual_norm=float(r.norm()), normal_residual_norm=float(normal.norm()),
         )

@@ -11,6 +11,7 @@ from petsc4py import PETSc
 
 import convmat
 from convmat import petsc
+from convmat.krylov import cgls
 
 COMM = PETSc.COMM_WORLD
 RANK, SIZE = COMM.getRank(), COMM.getSize()
@@ -106,6 +107,21 @@ def main():
         assert isinstance(res_vec.x, PETSc.Vec) and res_vec.iterations == res.iterations
         np.testing.assert_allclose(op.gather(res_vec.x), res.x.ravel(), rtol=0, atol=1e-12)
         assert abs(res_vec.residual_norm - ref.residual_norm) <= 1e-7 * np.linalg.norm(b)
+        # PETSc's options database, under a prefix, overrides the settings: 5 iterations of
+        # KSPCGLS give convmat's CGLS's 5th iterate (CG on the normal equations from 0)
+        opts_db = PETSc.Options()
+        opts_db.setValue("cm_ksp_type", "cgls")
+        opts_db.setValue("cm_ksp_max_it", 5)
+        res_opt = op.lsqr(b.reshape(op.output_shape), rtol=0.0, maxiter=100,
+                          options_prefix="cm_")
+        opts_db.delValue("cm_ksp_type")
+        opts_db.delValue("cm_ksp_max_it")
+        assert res_opt.method == "petsc-kspcgls" and res_opt.iterations == 5, res_opt
+        ref5 = cgls(W.__matmul__, W.T.__matmul__, b, np.zeros(W.shape[1]), atol=0.0,
+                    btol=0.0, maxiter=5)[0]
+        np.testing.assert_allclose(res_opt.x.ravel(), ref5, rtol=0, atol=1e-9 * np.abs(ref5).max())
+        plain = op.lsqr(b.reshape(op.output_shape), rtol=0.0, maxiter=3, options_prefix="none_")
+        assert plain.method == "petsc-ksplsqr" and plain.iterations == 3
         say(f"OK {name}: ranks={SIZE} rows {rstart}:{rend} of {W.shape[0]}, "
             f"lsqr {res.iterations} iterations ({res.stop_reason})")
     say("ALL OK")
