@@ -498,11 +498,18 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_inspect(op: ConvOperator, path: Path) -> None:
+def _agg_pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_inspect(op: ConvOperator, path: Path) -> None:
+    plt = _agg_pyplot()
 
     from . import viz
 
@@ -661,10 +668,7 @@ def _save(fig: Any, path: Path, what: str = "--out") -> Path:
 
 def _demo_figure(path: Path, truth: np.ndarray, blurred: np.ndarray, res: Any) -> Path:
     """Blurred | restored | truth, scored in the titles, and the curve the damping came from."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _agg_pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.3), layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1, 1, 1.15]})
@@ -691,10 +695,7 @@ def _demo_figure(path: Path, truth: np.ndarray, blurred: np.ndarray, res: Any) -
 
 def _chapter_figure(path: Path) -> Path:
     """The chapter's matrices as heat maps: W of K on 3x3, and the stride-2 transposed one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _agg_pyplot()
 
     from . import viz
 

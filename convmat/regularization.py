@@ -137,7 +137,7 @@ def estimate_noise(y: Any, axes: Sequence[int] | None = None) -> float:
 
 
 def choose_parameter(rule: str, solve: Callable[[float, Any, Any], Any],
-                     residual: Callable[[Any], float], penalty: Callable[[Any], float],
+                     penalty: Callable[[Any], float],
                      forward: Callable[[Any], Any], y: Any, *, scale: float,
                      parameter: str = "damp", noise_level: float | None = None,
                      tau: float = 1.0, probes: int = 1, seed: int = 0,
@@ -148,11 +148,11 @@ def choose_parameter(rule: str, solve: Callable[[float, Any, Any], Any],
     ----------
     rule : {'discrepancy', 'gcv', 'rgcv', 'lcurve'}
     solve : callable
-        ``solve(value, rhs, start) -> (x, converged)``: the regularised solution for data
-        ``rhs`` (flat, like ``y``) from the start ``start`` (None: zeros), and whether the
-        solver converged.
-    residual, penalty : callable
-        ``||W x - y||`` and the penalised norm of a solution.
+        ``solve(value, rhs, start) -> (x, converged, residual)``: the regularised solution
+        for data ``rhs`` (flat, like ``y``) from the start ``start`` (None: zeros), whether
+        the solver converged, and ``||W x - rhs||``.
+    penalty : callable
+        The penalised norm of a solution (``||x||`` or ``||D x||``).
     forward : callable
         ``x -> W x`` (GCV's trace).
     y : ndarray
@@ -173,14 +173,12 @@ def choose_parameter(rule: str, solve: Callable[[float, Any, Any], Any],
     found: dict[float, tuple[Any, float, float, bool]] = {}  # t -> (x, res, penalty, ok)
     extra = [0]
 
-    def nearest(t: float) -> Any:
-        return found[min(found, key=lambda s: abs(s - t))][0] if found else None
-
     def at(t: float) -> tuple[Any, float, float, bool]:
         t = round(t, 6)
         if t not in found:
-            x, ok = solve(scale * 10.0 ** t, y, nearest(t))
-            found[t] = (x, residual(x), penalty(x), ok)
+            near = _nearest(found, t)
+            x, ok, res = solve(scale * 10.0 ** t, y, None if near is None else near[0])
+            found[t] = (x, res, penalty(x), ok)
             if tick is not None:
                 tick()
         return found[t]
@@ -199,10 +197,8 @@ def choose_parameter(rule: str, solve: Callable[[float, Any, Any], Any],
             _, res, _, _ = at(t)
             trace = trace2 = 0.0
             for i, z in enumerate(zs):
-                known = probe_x[i]
-                start = known[min(known, key=lambda s: abs(s - t))] if known else None
-                xz, _ = solve(scale * 10.0 ** t, z, start)
-                known[round(t, 6)] = xz
+                xz, _, _ = solve(scale * 10.0 ** t, z, _nearest(probe_x[i], t))
+                probe_x[i][round(t, 6)] = xz
                 extra[0] += 1
                 if tick is not None:
                     tick()
@@ -231,6 +227,11 @@ def choose_parameter(rule: str, solve: Callable[[float, Any, Any], Any],
         noise_level=noise_level if rule == "discrepancy" else None,
         reason=reason, solves=len(found) + extra[0])
     return choice, x
+
+
+def _nearest(known: dict[float, Any], t: float) -> Any:
+    """The entry of ``known`` (keyed by ``t``) nearest ``t``: a warm start (None if empty)."""
+    return known[min(known, key=lambda s: abs(s - t))] if known else None
 
 
 def _discrepancy(at: Callable[[float], tuple[Any, float, float, bool]], target: float,

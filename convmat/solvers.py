@@ -840,7 +840,7 @@ def _choose(rule: str, parameter: str, system: StackedSystem, op: Operator, reg:
         scale = w_norm / d_norm if d_norm > 0 else w_norm
     full: dict[float, tuple[Any, ...]] = {}
 
-    def solve(value: float, rhs: Any, x0: Any) -> Any:
+    def solve(value: float, rhs: Any, x0: Any) -> tuple[Any, bool, float]:
         if parameter == "lam":
             system.lam = value
         if x0 is None and rhs is y:  # the first solve starts from the caller's x0
@@ -849,10 +849,7 @@ def _choose(rule: str, parameter: str, system: StackedSystem, op: Operator, reg:
                          x0, atol, btol, maxiter, None, False, False)
         if rhs is y:
             full[value] = out
-        return out[0], bool(out[3])
-
-    def residual(x: Any) -> float:
-        return _norm(system.w @ system._at_matrix_precision(x) - y, xp)
+        return out[0], bool(out[3]), out[4]  # x, converged, ||W x - rhs||
 
     def penalty(x: Any) -> float:
         return _norm(x if parameter == "damp" else reg @ x, xp)
@@ -860,7 +857,7 @@ def _choose(rule: str, parameter: str, system: StackedSystem, op: Operator, reg:
     bar = progress_bar(progress, None, f"{parameter}={rule} (solves)")
     try:
         choice, _ = choose_parameter(
-            rule, solve, residual, penalty,
+            rule, solve, penalty,
             lambda x: system.w @ system._at_matrix_precision(x), y, scale=scale,
             parameter=parameter, noise_level=sigma, tau=tau,
             tick=None if bar is None else (lambda: bar.update(1)))
@@ -904,8 +901,8 @@ def _solve_one(system: StackedSystem, y: Any, method: str, damp: float, box: Any
     n, xp = system.n, system.xp
     dtype = np.result_type(system.dtype, y.dtype, np.float32)
     y = y.astype(dtype, copy=False)
-    solver = _bounded_name(method) if box is not None else method
-    limit = maxiter if maxiter is not None else REGISTRY[solver].default_maxiter(*system.shape)
+    name = _bounded_name(method) if box is not None else method
+    limit = maxiter if maxiter is not None else REGISTRY[name].default_maxiter(*system.shape)
     amax = float(xp.max(xp.abs(y)))
     if amax == 0.0 and box is None:  # x = 0 is exact (x0 cannot improve on it)
         none = {"residual_norm": np.zeros(0), "normal_residual_norm": np.zeros(0)}
@@ -916,7 +913,6 @@ def _solve_one(system: StackedSystem, y: Any, method: str, damp: float, box: Any
     b = system.rhs(_times_pow2(y, -e))
     start = xp.zeros(n, dtype=dtype) if x0 is None else _times_pow2(x0.astype(dtype), -e)
     scaled_box = None if box is None else (_times_pow2(box[0], -e), _times_pow2(box[1], -e))
-    name = _bounded_name(method) if box is not None else method
     run = REGISTRY[name].run
     bar = progress_bar(progress, limit, name)
     tick = None if bar is None else (lambda: bar.update(1))

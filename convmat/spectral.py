@@ -263,13 +263,9 @@ def _embedding(op: ConvOperator) -> tuple[float, np.ndarray | None]:
     start for Lanczos close to the top of the spectrum.
     """
     g, w = _forward(op)
-    size, copies = [], 1.0
-    for n, s, (lo, hi) in zip(g.input_size, g.stride, g.padding, strict=True):
-        total = n + lo + hi
-        size.append(s * -(-total // s))
-        if g.padding_mode != "zeros" and (lo or hi):
-            src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
-            copies *= float(np.bincount(src[src >= 0], minlength=n).max())
+    size = [s * -(-(n + lo + hi) // s)
+            for n, s, (lo, hi) in zip(g.input_size, g.stride, g.padding, strict=True)]
+    copies = _copies(g)
     w = w.astype(np.result_type(w.dtype, np.float64))  # exact; the rounding below is tiny
     blocks, grid = _polyphase_blocks(w, g.groups, tuple(size), g.stride, g.dilation,
                                      (0,) * g.ndim, half=not np.iscomplexobj(w))
@@ -296,6 +292,16 @@ def _embedding(op: ConvOperator) -> tuple[float, np.ndarray | None]:
         f = tuple(int(v) for v in np.unravel_index(int(index), grid))
         start = _plane_waves(vh[0].conj(), g, tuple(size), f, int(group))
     return top * math.sqrt(copies) * (1 + 4 * eps), start
+
+
+def _copies(g: ConvGeometry) -> int:
+    """The most copies of one input sample in the padded input (1 for zero padding)."""
+    copies = 1
+    for n, (lo, hi) in zip(g.input_size, g.padding, strict=True):
+        if g.padding_mode != "zeros" and (lo or hi):
+            src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
+            copies *= int(np.bincount(src[src >= 0], minlength=n).max())
+    return copies
 
 
 def _per_block(fn: Any, blocks: np.ndarray) -> np.ndarray:
@@ -707,12 +713,7 @@ def _majorant(op: Operator) -> tuple[Operator, Operator, int] | None:
     if isinstance(op, ConvOperator):
         g, _ = _forward(op)
         window = math.prod(g.kernel_size)
-        copies = 1
-        for n, (lo, hi) in zip(g.input_size, g.padding, strict=True):
-            if g.padding_mode != "zeros" and (lo or hi):
-                src = padded_index(np.arange(-lo, n + hi), n, g.padding_mode)
-                copies *= int(np.bincount(src[src >= 0], minlength=n).max())
-        terms = (g.in_channels + g.out_channels) // g.groups * window * copies
+        terms = (g.in_channels + g.out_channels) // g.groups * window * _copies(g)
         direct = op.with_method("direct")
         return direct, direct.with_weight(abs(op.weight)), terms
     if isinstance(op, MatrixOperator):
@@ -754,21 +755,19 @@ def _certified_ratio(op: Any, v: Any) -> tuple[float, float]:
     op = op if isinstance(op, Operator) else MatrixOperator(op)
     found = _majorant(op.linear)
     lin = op.linear if found is None else found[0]
-    y = lin._flat(v)
-    norm = _norm64(y) / _norm64(v)
+    y_norm, v_norm = _norm64(lin._flat(v)), _norm64(v)
     if found is None:
-        return norm, 0.0
+        return y_norm / v_norm, 0.0
     _, mag, terms = found
-    eps = float(np.finfo(np.dtype(op.dtype)).eps)
+    real = np.finfo(np.dtype(op.dtype))  # the real dtype behind op's (complex too)
     if np.dtype(op.dtype).kind == "c":
         terms = 2 * terms + 2
-    gk = _gamma(terms, eps)
-    size = max(op.shape) + 2
-    g64 = _gamma(size, float(np.finfo(np.float64).eps))
-    bound = _norm64(mag._flat(abs(v).astype(np.dtype(op.dtype).type(0).real.dtype)))
+    gk = _gamma(terms, float(real.eps))
+    g64 = _gamma(max(op.shape) + 2, float(np.finfo(np.float64).eps))
+    bound = _norm64(mag._flat(abs(v).astype(real.dtype)))
     error = gk / (1 - gk) * bound * (1 + g64) if gk < 1 else math.inf
-    lower = (_norm64(y) * (1 - g64) - error) / (_norm64(v) * (1 + g64))
-    return norm, max(lower, 0.0)
+    lower = (y_norm * (1 - g64) - error) / (v_norm * (1 + g64))
+    return y_norm / v_norm, max(lower, 0.0)
 
 
 def _norm64(x: Any) -> float:
